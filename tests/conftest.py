@@ -7,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
+
+# Timing varies with the machine's load, so hypothesis checks properties, not speed.
+settings.register_profile("cav", deadline=None)
+settings.load_profile("cav")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

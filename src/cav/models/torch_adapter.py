@@ -1,0 +1,336 @@
+"""Adapter for PyTorch ``nn.Module`` models.
+
+Layer outputs are captured with forward hooks, which are always removed afterwards.
+Gradients come from one ``torch.autograd.grad`` call on the objective summed over the
+batch. In eval mode each example's objective depends only on its own activations, so
+row ``i`` of the result is example ``i``'s gradient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cav.errors import InvalidArgumentError, InvalidTypeError, LayerNotFoundError
+from cav.models.base import (
+    BatchResult,
+    Head,
+    HeadKind,
+    ModelAdapter,
+    Objective,
+    check_finite,
+    class_probabilities,
+    format_names,
+    numpy_inputs,
+    to_result_dtype,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class TorchOps:
+    """:class:`cav.models.base.TensorOps` for torch tensors."""
+
+    def sigmoid(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(t)
+
+    def log_sigmoid(self, t: torch.Tensor) -> torch.Tensor:
+        return nn.functional.logsigmoid(t)
+
+    def softmax(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(t, dim=-1)
+
+    def log_softmax(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(t, dim=-1)
+
+    def log(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.log(t)
+
+    def clip(self, t: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        return torch.clamp(t, low, high)
+
+    def sum_last(self, t: torch.Tensor) -> torch.Tensor:
+        return t.sum(dim=-1)
+
+    def concat_last(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(list(tensors), dim=-1)
+
+    def constant(self, values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(values, dtype=like.dtype, device=like.device)
+
+    def to_numpy(self, t: torch.Tensor) -> np.ndarray:
+        return tensor_to_numpy(t)
+
+
+TORCH_OPS = TorchOps()
+
+
+def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
+    """Copy a tensor to a numpy array: float64 stays float64, other floats become float32."""
+    t = t.detach()
+    if t.dtype != torch.float64:
+        t = t.float()
+    return to_result_dtype(t.cpu().numpy())
+
+
+def _check_input_tensor(x: torch.Tensor) -> None:
+    """Check a tensor of inputs: real numbers, at least 1-D, not empty, finite."""
+    if x.is_complex():
+        raise InvalidTypeError(
+            f"x must hold real numbers (bool, int or float), got dtype {x.dtype}"
+        )
+    if x.ndim == 0:
+        raise InvalidArgumentError("x must have a first axis of examples, got a scalar")
+    if x.shape[0] == 0:
+        raise InvalidArgumentError(f"x has no examples (shape {tuple(x.shape)})")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        check_finite(tensor_to_numpy(x), "input x")
+
+
+def _flatten(t: torch.Tensor) -> np.ndarray:
+    return tensor_to_numpy(t.reshape(t.shape[0], -1))
+
+
+@contextmanager
+def inference_state(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode with frozen parameters, then restore both.
+
+    Every module's ``training`` flag and every parameter's ``requires_grad`` flag are
+    put back as they were, even when the body raises.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        model.eval()
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        for parameter, requires_grad in flags:
+            parameter.requires_grad_(requires_grad)
+
+
+class TorchAdapter(ModelAdapter):
+    """:class:`~cav.models.base.ModelAdapter` for a ``torch.nn.Module``.
+
+    Layers are named by their dotted path in ``model.named_modules()``; integer indices
+    select the children of an ``nn.Sequential`` model. Each batch of inputs is moved to
+    the device of the model's first floating-point parameter (or buffer) and cast to its
+    dtype, integer inputs included.
+
+    The output head is read from the last leaf module that runs, when the model returns
+    that module's output unchanged. For an ``nn.Sigmoid`` or ``nn.Softmax`` (over the class
+    axis) the logits are its input, and an ``nn.Linear`` returns raw logits. After any
+    other module, or when the model changes the output further, the output is taken as
+    probabilities.
+    """
+
+    framework = "torch"
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        super().__init__(model)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [name for name, _ in self._model.named_modules() if name]
+
+    def _indexed_layer_names(self) -> list[str]:
+        if not isinstance(self._model, nn.Sequential):
+            raise LayerNotFoundError(
+                f"integer layer indices select children of an nn.Sequential, but the model "
+                f"is a {type(self._model).__name__}; name the layer by its dotted path, "
+                f"one of: {format_names(self.layer_names)}"
+            )
+        return [name for name, _ in self._model.named_children()]
+
+    def _static_n_classes(self) -> int:
+        leaves = [module for module in self._model.modules() if not list(module.children())]
+        if leaves and isinstance(leaves[-1], nn.Sigmoid | nn.Softmax):
+            leaves = leaves[:-1]
+        if leaves and isinstance(leaves[-1], nn.Linear):
+            units = int(leaves[-1].out_features)
+            return 2 if units == 1 else units
+        raise InvalidArgumentError(
+            "the number of classes cannot be read from this model's modules (its last module "
+            "is not a linear layer); call predict(x) or gradients(...) once, which record it"
+        )
+
+    def _device_and_dtype(self) -> tuple[torch.device, torch.dtype]:
+        for tensor in [*self._model.parameters(), *self._model.buffers()]:
+            if tensor.is_floating_point():
+                return tensor.device, tensor.dtype
+        return torch.device("cpu"), torch.get_default_dtype()
+
+    def _prepare_inputs(self, x: Any) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            _check_input_tensor(x)
+            return x.detach()
+        values = numpy_inputs(x)
+        if values.dtype.kind == "u" and values.dtype != np.uint8:
+            values = values.astype(np.int64)  # torch has no general uint16-64 support
+        return torch.from_numpy(np.ascontiguousarray(values))
+
+    def _forward(
+        self, batch: torch.Tensor, layers: Sequence[str], objective: Objective | None
+    ) -> BatchResult:
+        model = self._model
+        modules = dict(model.named_modules())
+        device, dtype = self._device_and_dtype()
+        batch = batch.to(device=device, dtype=dtype)
+        recorder = _Recorder(layers, track_grad=objective is not None)
+        handles = []
+        with inference_state(model):
+            try:
+                # Layer hooks go first, so the leaf hook receives the outputs they return.
+                for name in layers:
+                    handles.append(modules[name].register_forward_hook(recorder.layer_hook(name)))
+                for module in model.modules():
+                    if not list(module.children()):
+                        handles.append(module.register_forward_hook(recorder.leaf_hook))
+                grad_mode = torch.enable_grad() if objective is not None else torch.no_grad()
+                with grad_mode:
+                    output = model(batch)
+                    recorder.check_layers_ran()
+                    head = recorder.head(output)
+                    gradients = None
+                    if objective is not None:
+                        gradients = self._backward(objective(head, TORCH_OPS), recorder, layers)
+                    probabilities = tensor_to_numpy(class_probabilities(head, TORCH_OPS))
+            finally:
+                for handle in handles:
+                    handle.remove()
+        activations = {name: _flatten(recorder.captured[name]) for name in layers}
+        return BatchResult(activations, gradients, probabilities)
+
+    def _backward(
+        self, objective: torch.Tensor, recorder: _Recorder, layers: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        total = objective.sum()
+        sources = [recorder.captured[name] for name in layers]
+        if not total.requires_grad:
+            raise InvalidArgumentError(
+                f"the model's output does not depend on layers {list(layers)}, "
+                "so there is no gradient to take"
+            )
+        grads = torch.autograd.grad(total, sources, allow_unused=True)
+        result = {}
+        for name, source, grad in zip(layers, sources, grads, strict=True):
+            if grad is None:
+                raise InvalidArgumentError(
+                    f"the model's output does not depend on layer {name!r}, "
+                    "so there is no gradient at it"
+                )
+            result[name] = _flatten(grad.reshape(source.shape))
+        return result
+
+    def fingerprint(self) -> str:
+        model = self._model
+        digest = hashlib.sha256()
+        digest.update(f"{type(model).__module__}.{type(model).__qualname__}\n".encode())
+        digest.update(repr(model).encode())
+        for name, tensor in model.state_dict().items():
+            data = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"\n{name} {tuple(tensor.shape)} {tensor.dtype}\n".encode())
+            digest.update(data.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+
+class _Recorder:
+    """Forward-hook state of one pass: captured layer outputs and the last leaf module."""
+
+    def __init__(self, layers: Sequence[str], track_grad: bool) -> None:
+        self.layers = list(layers)
+        self.track_grad = track_grad
+        self.captured: dict[str, torch.Tensor] = {}
+        self.calls = dict.fromkeys(self.layers, 0)
+        # Output tensors the layer hooks returned, mapped to the captured originals.
+        self.replacements: dict[int, torch.Tensor] = {}
+        self.last_leaf: tuple[nn.Module, Any, Any] | None = None
+
+    def layer_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor):
+                raise InvalidArgumentError(
+                    f"layer {name!r} ({type(module).__name__}) returns a "
+                    f"{type(output).__name__}, not a tensor; choose a layer whose output "
+                    "is one tensor"
+                )
+            self.calls[name] += 1
+            if self.calls[name] > 1:
+                raise InvalidArgumentError(
+                    f"layer {name!r} ({type(module).__name__}) runs more than once in one "
+                    "forward pass, so its activations are ambiguous; choose a module that "
+                    "runs once"
+                )
+            if self.track_grad and not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+            self.captured[name] = output
+            # Downstream modules get a copy, so an in-place operation after this layer
+            # (such as ReLU(inplace=True)) cannot change the captured tensor.
+            replacement = output.clone()
+            self.replacements[id(replacement)] = output
+            return replacement
+
+        return hook
+
+    def leaf_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        first_input = inputs[0] if isinstance(inputs, tuple) and inputs else None
+        self.last_leaf = (module, first_input, output)
+
+    def check_layers_ran(self) -> None:
+        missing = [name for name in self.layers if name not in self.captured]
+        if missing:
+            raise InvalidArgumentError(
+                f"layers {missing} did not run in the forward pass, so they have no "
+                "activations; choose modules that the model's forward() calls"
+            )
+
+    def head(self, output: Any) -> Head:
+        if not isinstance(output, torch.Tensor):
+            raise InvalidTypeError(
+                f"the model returns a {type(output).__name__}; the adapter needs a model "
+                "that returns one tensor of shape (n, n_classes)"
+            )
+        kind: HeadKind = "probabilities"
+        logits = None
+        if self.last_leaf is not None:
+            module, leaf_input, leaf_output = self.last_leaf
+            original = self.replacements.get(id(output), output)
+            if leaf_output is output or leaf_output is original:
+                kind, logits = _classify_leaf(module, leaf_input, output)
+        if output.ndim == 1:
+            output = output.unsqueeze(1)
+            logits = logits.unsqueeze(1) if logits is not None and logits.ndim == 1 else logits
+        if output.ndim != 2:
+            raise InvalidArgumentError(
+                f"the model's output has shape {tuple(output.shape)}; the adapter needs "
+                "shape (n, n_classes)"
+            )
+        logger.debug("torch head: %s with %d units", kind, output.shape[1])
+        return Head(kind, output, logits)
+
+
+def _classify_leaf(
+    module: nn.Module, leaf_input: Any, output: torch.Tensor
+) -> tuple[HeadKind, Any]:
+    """Return the head kind and logits given the module that produced the output."""
+    if isinstance(module, nn.Sigmoid) and isinstance(leaf_input, torch.Tensor):
+        return "sigmoid", leaf_input
+    if isinstance(module, nn.Softmax) and isinstance(leaf_input, torch.Tensor):
+        class_axis = output.ndim - 1
+        if module.dim is None or module.dim in (class_axis, -1):
+            return "softmax", leaf_input
+    if isinstance(module, nn.Linear):
+        return "logits", output
+    return "probabilities", None
