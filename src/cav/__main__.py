@@ -1,0 +1,5 @@
+"""Run the ``cav`` command line: ``python -m cav``."""
+
+from cav.cli import main
+
+raise SystemExit(main())
