@@ -1,0 +1,1 @@
+"""The TCAV pipeline: image sets, CAV fitting and scoring, caching (``run_tcav``)."""

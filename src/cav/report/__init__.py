@@ -1,0 +1,1 @@
+"""Results of TCAV runs: tables, statistics summary, JSON/CSV files and figures."""
