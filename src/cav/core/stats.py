@@ -30,6 +30,8 @@ from cav._checks import check_choice
 from cav.errors import InvalidArgumentError
 
 TESTS = ("calibrated", "ttest")
+# Pair statistics the calibrated test can compare between sets.
+STATISTICS = ("cosine", "score")
 TTEST_VARIANTS = ("welch", "student")
 CORRECTIONS = ("holm", "bonferroni", "none")
 
@@ -215,6 +217,42 @@ def round_robin_matrix(
     reversed_scores = 1.0 - scores.T - zeros.T
     scores[missing] = reversed_scores[missing]
     return scores
+
+
+def antisymmetric_matrix(concept_values: np.ndarray, null_values: np.ndarray) -> np.ndarray:
+    """Assemble a pair statistic that changes sign when a pair is reversed.
+
+    For the cosine statistic ``c(X, Y) = mean_i S_i / mean_i ||g_i||``, reversing the
+    pair negates the CAV and so every derivative: ``c(Y, X) = -c(X, Y)``. The layout is
+    that of :func:`round_robin_matrix`: set 0 is the concept, set ``i + 1`` the random
+    set ``N_i``, and entry ``[x, y]`` is ``c(X, Y)``.
+
+    Parameters
+    ----------
+    concept_values : numpy.ndarray of shape (R,)
+        ``c(C, N_i)``.
+    null_values : numpy.ndarray of shape (R, R)
+        ``c(N_i, N_j)`` where fitted, NaN elsewhere.
+
+    Returns
+    -------
+    numpy.ndarray of shape (R + 1, R + 1)
+        NaN on the diagonal and for pairs fitted in neither orientation.
+    """
+    concept = np.asarray(concept_values, dtype=np.float64).ravel()
+    null = np.asarray(null_values, dtype=np.float64)
+    n_random = concept.size
+    if null.shape != (n_random, n_random):
+        raise InvalidArgumentError(
+            f"null_values has shape {null.shape}; expected ({n_random}, {n_random})"
+        )
+    values = np.full((n_random + 1, n_random + 1), np.nan)
+    values[0, 1:] = concept
+    values[1:, 1:] = null
+    np.fill_diagonal(values, np.nan)
+    missing = np.isnan(values) & ~np.isnan(values.T)
+    values[missing] = -values.T[missing]
+    return values
 
 
 def set_statistics(score_matrix: np.ndarray) -> np.ndarray:

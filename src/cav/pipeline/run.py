@@ -28,7 +28,7 @@ import cav
 from cav._checks import check_choice
 from cav.core.cav import CAV, METHODS, fit_cavs
 from cav.core.scores import directional_derivatives, magnitude_score, tcav_score, zero_fraction
-from cav.core.stats import CORRECTIONS, TESTS, TTEST_VARIANTS
+from cav.core.stats import CORRECTIONS, STATISTICS, TESTS, TTEST_VARIANTS
 from cav.errors import (
     InvalidArgumentError,
     InvalidTypeError,
@@ -62,6 +62,7 @@ def run_tcav(
     method: str = "logistic",
     output: str = "logit",
     test: str = "calibrated",
+    statistic: str = "cosine",
     ttest: str = "welch",
     correction: str = "holm",
     alpha: float = 0.05,
@@ -116,6 +117,15 @@ def run_tcav(
         ``"ttest"``: the TCAV paper's t-test of R concept scores against R null scores,
         R null CAVs per layer, needs R >= 2; too liberal when concept sets vary.
         See :mod:`cav.core.stats`.
+    statistic : {"cosine", "score"}
+        Pair statistic the calibrated test compares between sets. ``"cosine"``: the
+        mean cosine between the inputs' gradients and the CAV, weighted by gradient norm
+        (the ``cosine`` column of ``runs``). It carries the sign information of the TCAV
+        score but does not saturate at 0 or 1, which matters where every input's gradient
+        points the same way (layers below a single output unit): there the TCAV scores of
+        the concept and of many random sets are all 0 or 1 and cannot be told apart.
+        ``"score"``: the TCAV score itself. Both keep the test's false-positive rate,
+        because any statistic that treats every set alike keeps the sets exchangeable.
     ttest : {"welch", "student"}
         Variance assumption of the t-test.
     correction : {"holm", "bonferroni", "none"}
@@ -143,7 +153,7 @@ def run_tcav(
         ``runs`` (one row per run and target) and ``summary()`` (one row per concept,
         layer and target).
     """
-    _check_options(method, output, test, ttest, correction, alpha, holdout, batch_size)
+    _check_options(method, output, test, statistic, ttest, correction, alpha, holdout, batch_size)
     seed_value = image_sets.resolve_seed(seed)
     adapter = _as_adapter(model)
     layer_names = _resolve_layers(adapter, layers)
@@ -171,6 +181,7 @@ def run_tcav(
         ttest=ttest,
         correction=correction,
         alpha=alpha,
+        statistic=statistic,
     )
     _warn_about_summary(summary)
 
@@ -188,6 +199,7 @@ def run_tcav(
         "holdout": holdout,
         "output": output,
         "test": test,
+        "statistic": statistic,
         "ttest": ttest,
         "correction": correction,
         "alpha": alpha,
@@ -245,6 +257,7 @@ def _check_options(
     method: str,
     output: str,
     test: str,
+    statistic: str,
     ttest: str,
     correction: str,
     alpha: float,
@@ -254,6 +267,7 @@ def _check_options(
     check_choice("method", method, METHODS)
     check_choice("output", output, OUTPUTS)
     check_choice("test", test, TESTS)
+    check_choice("statistic", statistic, STATISTICS)
     check_choice("ttest", ttest, TTEST_VARIANTS)
     check_choice("correction", correction, CORRECTIONS)
     if not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
@@ -430,12 +444,14 @@ def _score_targets(
     null_rows: list[dict[str, Any]] = []
     input_zero: dict[tuple[str, str, int], float] = {}
     for item in targets:
-        derivatives = _stream_derivatives(
+        derivatives, mean_norms = _stream_derivatives(
             adapter, item, layers, directions, output, batch_size, progress
         )
         for layer in layers:
             layer_derivatives = derivatives[layer]
-            rows = _run_rows(layer_derivatives, cavs[layer], concepts, item.target, holdout)
+            rows = _run_rows(
+                layer_derivatives, mean_norms[layer], cavs[layer], concepts, item.target, holdout
+            )
             for row in rows:
                 (concept_rows if row["kind"] == "concept" else null_rows).append(row)
             for concept in concepts:
@@ -456,10 +472,15 @@ def _stream_derivatives(
     output: str,
     batch_size: int,
     progress: bool,
-) -> dict[str, np.ndarray]:
-    """Return derivatives[layer] of shape (n_inputs, n_cavs) from one gradient pass."""
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Return derivatives[layer] of shape (n_inputs, n_cavs) from one gradient pass.
+
+    The mean L2 norm of the inputs' gradients at each layer is returned beside them, for
+    the cosine statistic (:func:`_run_rows`).
+    """
     n_inputs = len(item.inputs)
     derivatives = {layer: np.empty((n_inputs, len(directions[layer]))) for layer in layers}
+    norm_sums = dict.fromkeys(layers, 0.0)
     batches = adapter.iter_gradients(
         item.inputs, layers, item.target, output=output, labels=item.labels, batch_size=batch_size
     )
@@ -470,23 +491,35 @@ def _stream_derivatives(
         for layer in layers:
             block = directional_derivatives(batch[layer], directions[layer])
             derivatives[layer][offset : offset + size] = block
+            norm_sums[layer] += float(np.linalg.norm(batch[layer], axis=1).sum(dtype=np.float64))
         offset += size
     if offset != n_inputs:
         raise InvalidArgumentError(
             f"the model's gradients covered {offset} of {n_inputs} inputs for target {item.target}"
         )
-    return derivatives
+    mean_norms = {layer: norm_sums[layer] / n_inputs for layer in layers}
+    return derivatives, mean_norms
 
 
 def _run_rows(
     derivatives: np.ndarray,
+    mean_norm: float,
     cavs: Sequence[CAV],
     concepts: Sequence[str],
     target: int,
     holdout: float,
 ) -> list[dict[str, Any]]:
-    """Return one row per CAV (column of ``derivatives``) for one layer and target."""
+    """Return one row per CAV (column of ``derivatives``) for one layer and target.
+
+    ``cosine = mean_i S_i / mean_i ||g_i||``: the mean cosine between each input's
+    gradient ``g_i`` and the CAV, weighted by the gradient norms, in [-1, 1]. It is NaN
+    when every gradient is zero.
+    """
     scores = np.atleast_1d(tcav_score(derivatives, axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosines = np.atleast_1d(derivatives.mean(axis=0) / mean_norm)
+    if mean_norm == 0.0:
+        cosines = np.full(derivatives.shape[1], np.nan)
     magnitudes = np.atleast_1d(magnitude_score(derivatives, axis=0))
     zeros = np.atleast_1d(zero_fraction(derivatives, axis=0))
     concept_set = set(concepts)
@@ -509,6 +542,7 @@ def _run_rows(
                 "kind": kind,
                 "score": float(scores[column]),
                 "magnitude": float(magnitudes[column]),
+                "cosine": float(cosines[column]),
                 "zero_share": float(zeros[column]),
                 "cav_accuracy": float(fitted.accuracy),
                 "n_heldout": image_sets.heldout_size(n_images, holdout),

@@ -19,6 +19,7 @@ RUN_COLUMNS = {
     "kind": "str",
     "score": "float64",
     "magnitude": "float64",
+    "cosine": "float64",
     "zero_share": "float64",
     "cav_accuracy": "float64",
     "n_heldout": "int64",
@@ -42,6 +43,7 @@ SUMMARY_COLUMNS = {
     "zero_share": "float64",
     "undefined": "bool",
     "test": "str",
+    "test_statistic": "str",
     "statistic": "float64",
     "df": "float64",
     "p_value": "float64",
@@ -63,6 +65,34 @@ def make_table(rows: Sequence[Mapping[str, object]], columns: Mapping[str, str])
     return pd.DataFrame(
         {name: pd.Series(data[name], dtype=dtype) for name, dtype in columns.items()}
     )
+
+
+def cosine_matrix(
+    runs: pd.DataFrame, concept: str, layer: str, target: int, random_names: Sequence[str]
+) -> np.ndarray:
+    """Return the round-robin matrix of the cosine statistic of one concept.
+
+    Same layout as :func:`score_matrix`; see :func:`cav.core.stats.antisymmetric_matrix`.
+
+    Returns
+    -------
+    numpy.ndarray of shape (R + 1, R + 1)
+    """
+    names = sorted(random_names)
+    position = {name: index for index, name in enumerate(names)}
+    n_random = len(names)
+    at = (runs["layer"] == layer) & (runs["target"] == target)
+    concept_values = np.full(n_random, np.nan)
+    concept_rows = runs[at & (runs["kind"] == "concept") & (runs["concept"] == concept)]
+    for negative, value in concept_rows[["negative", "cosine"]].itertuples(index=False):
+        concept_values[position[negative]] = value
+    null_values = np.full((n_random, n_random), np.nan)
+    null_rows = runs[at & (runs["kind"] == "null")]
+    for first, second, value in null_rows[["concept", "negative", "cosine"]].itertuples(
+        index=False
+    ):
+        null_values[position[first], position[second]] = value
+    return stats.antisymmetric_matrix(concept_values, null_values)
 
 
 def score_matrix(
@@ -129,6 +159,7 @@ def summarize_runs(
     ttest: str = "welch",
     correction: str = "holm",
     alpha: float = 0.05,
+    statistic: str = "cosine",
 ) -> pd.DataFrame:
     """Summarise the runs of every (concept, layer, target) and test them.
 
@@ -148,7 +179,7 @@ def summarize_runs(
         The groups to summarise, in output order, and the random sets' names.
     input_zero_shares : mapping of (concept, layer, target) to float
         Share of inputs whose derivatives are exactly zero in every concept run.
-    test, ttest, correction, alpha
+    test, ttest, correction, alpha, statistic
         As in :func:`cav.run_tcav`.
 
     Returns
@@ -167,7 +198,12 @@ def summarize_runs(
                     & (runs["layer"] == layer)
                     & (runs["target"] == target)
                 ]
-                row = _summarize_group(group, matrix, test, ttest, alpha)
+                if test == "calibrated" and statistic == "cosine":
+                    tested = cosine_matrix(runs, concept, layer, target, random_names)
+                else:
+                    tested = matrix
+                row = _summarize_group(group, matrix, tested, test, ttest, alpha)
+                row["test_statistic"] = statistic if test == "calibrated" else "score"
                 row.update(
                     concept=concept,
                     layer=layer,
@@ -184,12 +220,18 @@ def summarize_runs(
 
 
 def _summarize_group(
-    group: pd.DataFrame, matrix: np.ndarray, test: str, ttest: str, alpha: float
+    group: pd.DataFrame,
+    matrix: np.ndarray,
+    tested: np.ndarray,
+    test: str,
+    ttest: str,
+    alpha: float,
 ) -> dict[str, object]:
+    """Summarise one group; ``matrix`` holds its scores, ``tested`` the tested statistic."""
     concept_scores = matrix[0, 1:]
     mean, sd, low, high = stats.mean_interval(concept_scores)
     if test == "calibrated":
-        result = stats.calibrated_test(stats.set_statistics(matrix))
+        result = stats.calibrated_test(stats.set_statistics(tested))
     else:
         result = stats.ttest_scores(concept_scores, stats.cycle_scores(matrix), ttest)
     heldout = int(group["n_heldout"].min()) if len(group) else 0
