@@ -94,6 +94,9 @@ def trial_p_values(result: cav.TCAVResult) -> dict[tuple[str, str, str], float]:
         p_values[(row.concept, row.layer, "calibrated")] = row.p_value
         p_values[(row.concept, row.layer, "rank")] = row.p_value_rank
         matrix = score_matrix(result.runs, row.concept, row.layer, 1, result.params["random_sets"])
+        # The same round robin tested on the TCAV scores instead of the cosines.
+        on_scores = stats.calibrated_test(stats.set_statistics(matrix))
+        p_values[(row.concept, row.layer, "calibrated_score")] = on_scores.p_value
         ttest = stats.ttest_scores(matrix[0, 1:], stats.cycle_scores(matrix))
         p_values[(row.concept, row.layer, "ttest")] = ttest.p_value
     return p_values
@@ -121,7 +124,7 @@ def summarize(
     """Turn the trials' p-values into rates with intervals."""
     rows = []
     for layer in layers:
-        for test in ("calibrated", "rank", "ttest"):
+        for test in ("calibrated", "calibrated_score", "rank", "ttest"):
             null = np.array([trial[("null", layer, test)] for trial in p_values])
             planted = np.array([trial[(effect, layer, test)] for trial in p_values])
             n_trials = len(null)
