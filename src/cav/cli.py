@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from cav.errors import CAVError, InvalidArgumentError
 logger = logging.getLogger("cav.cli")
 
 DEFAULT_OUTPUT = "runs/imbalance"
+LOG_FILE = "cav.log"
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -258,17 +260,14 @@ def _run_imbalance(arguments: argparse.Namespace, parser: argparse.ArgumentParse
     prog = "cav imbalance"
     try:
         config = _config_from(arguments)
+        _check_data_dir(arguments.data_dir)
+        output = _writable_output(Path(arguments.output))
     except InvalidArgumentError as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
         return 2
 
-    output = Path(arguments.output)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        sys.stderr.write(f"{prog}: error: argument --output: cannot create {output}: {exc}\n")
-        return 2
-    handler = _start_log(output / "cav.log", arguments.debug)
+    log_path = output / LOG_FILE
+    handler = _start_log(log_path, arguments.debug)
     try:
         return _study(config, arguments, output, prog)
     except CAVError as exc:
@@ -277,8 +276,60 @@ def _run_imbalance(arguments: argparse.Namespace, parser: argparse.ArgumentParse
             raise
         sys.stderr.write(f"{prog}: error: {exc}\n")
         return 2 if isinstance(exc, InvalidArgumentError) else 1
+    except KeyboardInterrupt:
+        logger.warning("interrupted; the finished cells are in %s", output / "cells")
+        sys.stderr.write(
+            f"{prog}: interrupted; the finished cells are kept, rerun the same command with "
+            "--resume to continue\n"
+        )
+        return 130
+    except Exception as exc:
+        logger.exception("failed with an unexpected error")
+        if arguments.debug:
+            raise
+        sys.stderr.write(
+            f"{prog}: error: unexpected {type(exc).__name__}: {_one_line(exc)}; the traceback "
+            f"is in {log_path} (rerun with --debug to show it here)\n"
+        )
+        return 1
     finally:
         _stop_log(handler)
+
+
+def _check_data_dir(data_dir: str | None) -> None:
+    """Reject a ``--data-dir`` that does not exist, before anything is loaded."""
+    if data_dir is not None and not Path(data_dir).exists():
+        raise InvalidArgumentError(
+            f"argument --data-dir: {data_dir} does not exist; give the folder (or .tar.gz "
+            "archive) that holds cifar-10-python.tar.gz and cifar-100-python.tar.gz, their "
+            "extracted folders, or image-folder trees (see docs/imbalance.md)"
+        )
+
+
+def _writable_output(output: Path) -> Path:
+    """Create ``output`` and its ``cells`` folder and check that files can be written there.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming ``--output`` and the reason, so the run fails before any training.
+    """
+    try:
+        (output / "cells").mkdir(parents=True, exist_ok=True)
+        for folder in (output, output / "cells"):
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+    except OSError as exc:
+        raise InvalidArgumentError(
+            f"argument --output: cannot write to {output}: {exc.strerror or exc}; choose a "
+            "folder you can write to"
+        ) from exc
+    return output
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _study(config: Any, arguments: argparse.Namespace, output: Path, prog: str) -> int:
@@ -287,8 +338,8 @@ def _study(config: Any, arguments: argparse.Namespace, output: Path, prog: str) 
     from cav.experiments.report import summary_markdown, write_outputs
 
     config = config.resolved()
-    versions = _versions()
     options = {k: v for k, v in vars(arguments).items() if k not in ("handler", "command")}
+    versions = _versions()
     logger.info("cav imbalance started with options %s", options)
     logger.info("versions: %s", ", ".join(f"{k} {v}" for k, v in versions.items()))
     logger.info("settings: %s", config.to_dict())
@@ -308,11 +359,8 @@ def _study(config: Any, arguments: argparse.Namespace, output: Path, prog: str) 
         config, output, resume=arguments.resume, progress=not quiet, on_cell=report_cell
     )
     elapsed = time.perf_counter() - started
-    versions = _versions()
-    logger.info("Keras backend: %s", versions.get("keras backend", "Keras not used"))
-    paths = write_outputs(
-        result, output, extra={"versions": versions, "seconds": round(elapsed, 1)}
-    )
+    # results.json contains only what the settings determine; timings go to cav.log.
+    paths = write_outputs(result, output, extra={"versions": versions})
     logger.info("finished in %.1f s; wrote %s", elapsed, ", ".join(str(p) for p in paths.values()))
     if not quiet:
         sys.stdout.write(summary_markdown(result))
@@ -390,8 +438,11 @@ def _versions() -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    keras = sys.modules.get("keras")
-    if keras is not None:
+    # Keras is imported even when every cell was reused, so that a resumed run records
+    # the same versions as an uninterrupted one.
+    if "keras" in versions:
+        import keras
+
         versions["keras backend"] = str(keras.backend.backend())
     return versions
 

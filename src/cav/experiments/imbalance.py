@@ -9,6 +9,7 @@ so a cell gives the same result alone, in a larger study, or after ``resume``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -18,17 +19,39 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, recall_score
 
+from cav.errors import InvalidArgumentError
 from cav.experiments.config import StudyConfig, derive_seed
 from cav.experiments.networks import build_keras_cnn, train_keras_cnn
 from cav.experiments.protocols import score_cav_keras, score_tcav
-from cav.experiments.results import CellResult, StudyResult, cell_file_name, read_cell
-from cav.experiments.sampling import ImbalancedSet, imbalanced_training_set, scale_images
-from cav.experiments.study_data import StudyData, load_study_data
+from cav.experiments.results import (
+    CellResult,
+    StudyResult,
+    cell_file_name,
+    read_cell,
+    remove_temporary_files,
+    write_text_atomic,
+)
+from cav.experiments.sampling import (
+    ImbalancedSet,
+    check_kept_images,
+    imbalanced_training_set,
+    scale_images,
+)
+from cav.experiments.study_data import StudyData, check_study_data, load_study_data
 
 logger = logging.getLogger(__name__)
 
 CELLS_FOLDER = "cells"
 """Folder inside the output folder that contains one JSON file per finished cell."""
+
+SETTINGS_FILE = "settings.json"
+"""File in the output folder that records the settings its cells were made with."""
+
+SETTINGS_FORMAT = 1
+"""Version of the settings file layout."""
+
+# Settings that change no cell: which cells run, and where files are read and cached.
+_SETTINGS_NOT_IN_KEY = ("ratios", "seeds", "cache_dir", "data_dir")
 
 
 def run_study(
@@ -47,10 +70,12 @@ def run_study(
     config : StudyConfig
         Settings; dataset defaults are filled in with :meth:`StudyConfig.resolved`.
     output_dir : str or Path, optional
-        When given, each finished cell is written to ``output_dir/cells/`` atomically.
+        When given, each finished cell is written to ``output_dir/cells/`` atomically,
+        and the settings that change a cell's result to ``output_dir/settings.json``.
     resume : bool, default False
-        Reuse the cells already in ``output_dir/cells/`` that were made with the same
-        settings (:meth:`StudyConfig.cell_key`) instead of running them again.
+        Reuse the cells already in ``output_dir/cells/`` instead of running them again.
+        The ratios and seeds may differ from the earlier run (the missing cells run);
+        every other setting must be the same.
     progress : bool, default False
         Show tqdm progress bars for training and scoring.
     data : StudyData, optional
@@ -61,13 +86,25 @@ def run_study(
     Returns
     -------
     StudyResult
-        The cells in the order ratios x seeds.
+        The cells in the order ratios x seeds. Each cell is the one its file gives back
+        (:meth:`CellResult.reloaded`), so a resumed study equals an uninterrupted one.
+
+    Raises
+    ------
+    InvalidArgumentError
+        If ``resume`` is set and ``output_dir`` was made with other settings, or a ratio
+        keeps fewer than 2 positive training images.
     """
     config = config.resolved()
     key = config.cell_key()
     cells_dir = Path(output_dir) / CELLS_FOLDER if output_dir is not None else None
+    if output_dir is not None:
+        prepare_output_folder(Path(output_dir), config, resume)
     if data is None:
         data = load_study_data(config)
+    check_study_data(data)
+    for ratio in config.ratios:
+        check_kept_images(len(data.train_positive), ratio, data.positive)
 
     cells: list[CellResult] = []
     for ratio in config.ratios:
@@ -82,10 +119,75 @@ def run_study(
                 cell = run_cell(data, config, ratio, seed, progress=progress)
                 if cells_dir is not None:
                     cell.write(cells_dir)
+                cell = cell.reloaded()
             cells.append(cell)
             if on_cell is not None:
                 on_cell(cell, reused is not None)
     return StudyResult(config=config, cells=cells, data_source=data.source)
+
+
+def prepare_output_folder(folder: Path, config: StudyConfig, resume: bool) -> None:
+    """Check that ``folder`` can take the study's files, then record its settings.
+
+    Hidden temporary files of an interrupted earlier run are deleted first. With
+    ``resume``, settings that differ from those recorded in ``folder/settings.json`` raise
+    :class:`InvalidArgumentError` naming each difference, before any training.
+    """
+    cells_dir = folder / CELLS_FOLDER
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*remove_temporary_files(folder), *remove_temporary_files(cells_dir)]:
+        logger.info("deleted %s, left by an interrupted run", stale)
+
+    settings = study_settings(config)
+    path = folder / SETTINGS_FILE
+    if resume:
+        recorded = read_settings(path)
+        if recorded is None:
+            logger.info("--resume: %s has no readable %s; starting afresh", folder, SETTINGS_FILE)
+        elif recorded != settings:
+            raise InvalidArgumentError(
+                f"--resume: {folder} was made with other settings "
+                f"({describe_differences(recorded, settings)}); rerun with the same options, "
+                "choose a new --output folder, or leave out --resume to start over"
+            )
+    document = {"format": SETTINGS_FORMAT, "key": config.cell_key(), "settings": settings}
+    write_text_atomic(path, json.dumps(document, indent=1, sort_keys=True) + "\n")
+
+
+def study_settings(config: StudyConfig) -> dict[str, Any]:
+    """Return the settings that change a cell's result, as JSON values.
+
+    These are the settings hashed by :meth:`StudyConfig.cell_key`: everything but the
+    ratios, the seeds and the data and cache folders.
+    """
+    values = config.resolved().to_dict()
+    for name in _SETTINGS_NOT_IN_KEY:
+        values.pop(name)
+    result: dict[str, Any] = json.loads(json.dumps(values, sort_keys=True, default=str))
+    return result
+
+
+def read_settings(path: Path) -> dict[str, Any] | None:
+    """Return the settings recorded in ``path``, or ``None`` when missing or unreadable."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("format") != SETTINGS_FORMAT:
+        return None
+    settings = document.get("settings")
+    return settings if isinstance(settings, dict) else None
+
+
+def describe_differences(recorded: dict[str, Any], current: dict[str, Any]) -> str:
+    """List the settings that differ, e.g. ``"epochs: 3 in the folder, 1 now"``."""
+    names = sorted(set(recorded) | set(current))
+    parts = [
+        f"{name}: {recorded.get(name)!r} in the folder, {current.get(name)!r} now"
+        for name in names
+        if recorded.get(name) != current.get(name)
+    ]
+    return "; ".join(parts)
 
 
 def run_cell(

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cav.errors import InvalidArgumentError
 from cav.experiments.config import StudyConfig, derive_seed
 from cav.experiments.networks import LAYER_NAMES
 from cav.experiments.sampling import ImbalancedSet, scale_images
@@ -98,12 +99,15 @@ def score_tcav(
         1: scale_images(_cap(data.test_positive, config.max_test_images, seed, "test-positive")),
         0: scale_images(_cap(data.test_negative, config.max_test_images, seed, "test-negative")),
     }
+    concepts = {data.concept: scale_images(concept_set)}
+    scaled_random_sets = {name: scale_images(images) for name, images in random_sets.items()}
+    check_value_ranges(inputs, {**concepts, **scaled_random_sets})
     result = run_tcav(
         model,
         inputs,
         target=[1, 0],
-        concepts={data.concept: scale_images(concept_set)},
-        random_sets={name: scale_images(images) for name, images in random_sets.items()},
+        concepts=concepts,
+        random_sets=scaled_random_sets,
         layers=list(config.layers),
         method=config.method,
         output="logit",
@@ -115,6 +119,30 @@ def score_tcav(
         progress=progress,
     )
     return _tidy_runs(result.runs, data), _tidy_tests(result.summary(), data)
+
+
+def check_value_ranges(inputs: dict[int, np.ndarray], image_sets: dict[str, np.ndarray]) -> None:
+    """Raise when a concept or random set lies on another value range than the inputs.
+
+    The TCAV protocol scales every set alike, so a mismatch means the image data mix
+    value ranges (uint8 0-255 against floats 0-1, the mix-up of the cav-keras notebook).
+    The rule is that of :func:`cav.pipeline.sets.value_range_mismatches`.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming the sets, their ranges and the inputs' range.
+    """
+    from cav.pipeline.sets import value_range_mismatches
+
+    (low, high), flagged = value_range_mismatches(list(inputs.values()), image_sets)
+    if flagged:
+        raise InvalidArgumentError(
+            f"--protocol tcav: image sets lie on a different value range from the test "
+            f"images [{low:.3g}, {high:.3g}]: {', '.join(flagged)}; give every image set "
+            "the same value range, or use --protocol cav-keras to reproduce the cav-keras "
+            "notebook's unscaled concept images on purpose"
+        )
 
 
 def draw_image_sets(
@@ -137,8 +165,6 @@ def draw_image_sets(
     concept_rows = np.sort(rng.choice(len(data.concept_images), size=n_concept, replace=False))
     needed = runs * size
     if needed > len(data.random_pool):
-        from cav.errors import InvalidArgumentError
-
         raise InvalidArgumentError(
             f"random_runs * random_set_size = {runs} * {size} = {needed} random images are "
             f"needed, but the random pool has {len(data.random_pool)}; lower --random-runs "

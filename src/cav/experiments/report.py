@@ -218,7 +218,8 @@ def write_outputs(
     output_dir : str or Path
         Folder, created if missing.
     extra : dict, optional
-        More JSON-compatible values to store in ``results.json`` (e.g. versions).
+        More JSON-compatible values to store in ``results.json`` (e.g. versions). Give
+        no timings or paths here if the file should repeat byte for byte.
 
     Returns
     -------
@@ -230,8 +231,13 @@ def write_outputs(
     paths = {name: folder / name for name in OUTPUT_FILES}
     runs = result.runs()
     write_text_atomic(paths["results.csv"], runs.to_csv(index=False))
+    # Folders are left out of the settings, so the file does not depend on where the data
+    # or the cache lie. cav.log records them.
+    config = result.config.to_dict()
+    for name in ("data_dir", "cache_dir"):
+        config.pop(name, None)
     document = {
-        "config": result.config.to_dict(),
+        "config": config,
         "data_source": result.data_source,
         **(extra or {}),
         "runs": _clean(runs.to_dict(orient="records")),

@@ -33,6 +33,9 @@ _FLOAT_TEST_COLUMNS = frozenset(
 CELL_FORMAT = 1
 """Version of the cell file layout; files of another version are not reused."""
 
+TEMPORARY_SUFFIX = ".tmp"
+"""Suffix of the hidden temporary files that atomic writes rename into place."""
+
 
 @dataclass
 class CellResult:
@@ -141,8 +144,20 @@ class CellResult:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / self.file_name
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        write_text_atomic(path, self.to_json())
         return path
+
+    def to_json(self) -> str:
+        """Return the text of the cell's file."""
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
+
+    def reloaded(self) -> CellResult:
+        """Return the cell as :meth:`write` then :func:`read_cell` give it back.
+
+        A study builds its outputs from reloaded cells, so that a cell computed in this
+        process and one reused by ``resume`` give byte-identical result files.
+        """
+        return CellResult.from_dict(json.loads(self.to_json()))
 
 
 def cell_file_name(ratio: float, seed: int) -> str:
@@ -165,16 +180,43 @@ def read_cell(path: str | os.PathLike[str], key: str) -> CellResult | None:
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and :func:`os.replace`."""
+    """Write ``text`` to ``path`` through a temporary file and :func:`os.replace`.
+
+    The temporary file is named ``.<name>.<random>.tmp`` in the same folder and is
+    flushed to disk before the rename, so a reader sees the old file or the whole new
+    one. A process killed before the rename leaves only that hidden temporary file, which
+    :func:`remove_temporary_files` deletes.
+    """
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX
+    )
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def remove_temporary_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that an interrupted :func:`write_text_atomic` left.
+
+    Returns
+    -------
+    list of Path
+        The files deleted, sorted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = sorted(folder.glob(f".*{TEMPORARY_SUFFIX}"))
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 @dataclass
@@ -228,7 +270,11 @@ class StudyResult:
         return _concat([_with_cell_columns(cell.tests.copy(), cell) for cell in self.cells])
 
     def metrics(self) -> pd.DataFrame:
-        """Return one row per (ratio, seed) with the class counts and model metrics."""
+        """Return one row per (ratio, seed) with the class counts and model metrics.
+
+        Timings are left out, so that the same settings give the same table; they are in
+        each cell's ``seconds`` and in ``cav.log``.
+        """
         rows = []
         for cell in self.cells:
             row: dict[str, Any] = {
@@ -239,8 +285,6 @@ class StudyResult:
                 "positive_share": cell.positive_share,
             }
             row.update(cell.metrics)
-            row["train_seconds"] = cell.seconds.get("train", math.nan)
-            row["score_seconds"] = cell.seconds.get("score", math.nan)
             rows.append(row)
         return pd.DataFrame(rows)
 

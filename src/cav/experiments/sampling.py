@@ -83,6 +83,28 @@ def n_kept(n_available: int, ratio: float) -> int:
     return max(1, round(n_available * ratio))
 
 
+MIN_KEPT_IMAGES = 2
+"""Minimum number of positive training images a ratio must keep."""
+
+
+def check_kept_images(n_available: int, ratio: float, name: str = "positive") -> int:
+    """Return :func:`n_kept`, or raise when the ratio leaves fewer than 2 images.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming the ratio, the class, and how many images it keeps.
+    """
+    count = n_kept(n_available, ratio)
+    if count < MIN_KEPT_IMAGES:
+        smallest = MIN_KEPT_IMAGES / n_available
+        raise InvalidArgumentError(
+            f"ratio {ratio:g} keeps {count} of the {n_available} training images of class "
+            f"{name!r}; at least {MIN_KEPT_IMAGES} are needed, so use ratios >= {smallest:.3g}"
+        )
+    return count
+
+
 def positive_share(n_positive: int, n_negative: int) -> float:
     """Return the share of positives, ``n_positive / (n_positive + n_negative)``."""
     total = n_positive + n_negative
@@ -157,6 +179,7 @@ def imbalanced_training_set(
     if len(negative_images) == 0:
         raise InvalidArgumentError("negative_images is empty: the negative class needs images")
     ratio = check_ratio(ratio)
+    check_kept_images(len(positive_images), ratio)
     indices = subsample_indices(len(positive_images), ratio, seed)
     x = scale_images(np.concatenate([positive_images[indices], negative_images]))
     y = np.concatenate(

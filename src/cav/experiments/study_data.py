@@ -56,6 +56,33 @@ class StudyData:
         return {1: self.positive, 0: self.negative}
 
 
+def check_study_data(data: StudyData) -> None:
+    """Raise unless every image set of the study has at least 2 images of one shape.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming the set, its class and its count, or the two differing image shapes.
+    """
+    sets = {
+        f"training images of class {data.positive!r}": data.train_positive,
+        f"training images of class {data.negative!r}": data.train_negative,
+        f"test images of class {data.positive!r}": data.test_positive,
+        f"test images of class {data.negative!r}": data.test_negative,
+        f"images of concept {data.concept!r}": data.concept_images,
+        "images of the random pool": data.random_pool,
+    }
+    first_name, first = next(iter(sets.items()))
+    for name, images in sets.items():
+        if len(images) < 2:
+            raise InvalidArgumentError(f"found {len(images)} {name}; at least 2 are needed")
+        if images.shape[1:] != first.shape[1:]:
+            raise InvalidArgumentError(
+                f"the {name} have shape {images.shape[1:]}, but the {first_name} have shape "
+                f"{first.shape[1:]}; every image set of the study must share one image shape"
+            )
+
+
 def load_study_data(config: StudyConfig) -> StudyData:
     """Load the images that ``config`` names (resolved defaults are applied first)."""
     config = config.resolved()
@@ -130,6 +157,7 @@ def _load_cifar(config: StudyConfig) -> StudyData:
     from cav.data import load_classes, resolve_class
 
     data_dir = resolve_data_dir(config.data_dir)
+    logger.info("reading CIFAR from %s", data_dir if data_dir else "the default locations")
     _, positive = resolve_class("cifar10", _class_of(config.positive))
     _, negative = resolve_class("cifar10", _class_of(config.negative))
     if positive == negative:
@@ -153,7 +181,7 @@ def _load_cifar(config: StudyConfig) -> StudyData:
         test_negative=test[negative],
         concept_images=concept_images[concept],
         random_pool=random_pool,
-        source=f"CIFAR-10/CIFAR-100 from {data_dir if data_dir else 'the default location'}",
+        source="CIFAR-10 and CIFAR-100",
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from cav.errors import InvalidTypeError, MissingDependencyError
+from cav.errors import InvalidArgumentError, InvalidTypeError, MissingDependencyError
 from cav.models.base import OUTPUTS, Head, ModelAdapter
 
 __all__ = ["OUTPUTS", "Head", "ModelAdapter", "wrap"]
@@ -21,7 +21,13 @@ _ADAPTERS = {
 }
 
 
-def wrap(model: Any) -> ModelAdapter:
+def wrap(
+    model: Any,
+    *,
+    pool: str | None = None,
+    pool_axis: int = 1,
+    output_key: int | str | None = None,
+) -> ModelAdapter:
     """Return the adapter for a ``torch.nn.Module`` or a Keras 3 model.
 
     The framework is read from the module names of the model's classes, so no framework
@@ -32,7 +38,21 @@ def wrap(model: Any) -> ModelAdapter:
     Parameters
     ----------
     model : torch.nn.Module, keras.Model or ModelAdapter
-        The model to wrap.
+        The model to wrap. It must take one input tensor. A PyTorch model that needs
+        more inputs is rejected; wrap it in a module whose ``forward(x)`` passes the other
+        inputs itself (the error message shows one).
+    pool : {None, "mean"}, default None
+        ``"mean"`` averages each layer's output over ``pool_axis`` before flattening, and
+        sums its gradient over that axis (see :meth:`ModelAdapter._layer_values`). Use it
+        for layers whose size varies between examples, such as the ``(n, T, d)`` outputs
+        of a sequence model on inputs of different lengths T.
+    pool_axis : int, default 1
+        Axis of the layer output that ``pool`` removes; 1 is the position axis of a
+        batch-first ``(n, T, d)`` output.
+    output_key : int or str, optional
+        For a PyTorch model that returns a tuple, list or dict: the position or key of
+        the tensor of class scores. Keras models with several outputs are rejected; wrap
+        ``keras.Model(model.inputs, model.outputs[i])`` instead.
 
     Returns
     -------
@@ -48,6 +68,11 @@ def wrap(model: Any) -> ModelAdapter:
         If the model is of no supported framework (including Keras 2 ``tf_keras`` models).
     """
     if isinstance(model, ModelAdapter):
+        if pool is not None or output_key is not None:
+            raise InvalidArgumentError(
+                "pool and output_key apply when a model is wrapped; pass them with the "
+                "model, not with an adapter"
+            )
         return model
     framework = _framework_of(model)
     module_name, class_name, package, extra = _ADAPTERS[framework]
@@ -59,7 +84,9 @@ def wrap(model: Any) -> ModelAdapter:
             f'({exc}); install it with: pip install "cav[{extra}]"'
         ) from exc
     adapter_class = getattr(importlib.import_module(module_name), class_name)
-    adapter: ModelAdapter = adapter_class(model)
+    adapter: ModelAdapter = adapter_class(
+        model, pool=pool, pool_axis=pool_axis, output_key=output_key
+    )
     return adapter
 
 

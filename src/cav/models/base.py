@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 OUTPUTS = ("logit", "probability", "loss")
 """Values accepted by the ``output`` argument of the gradient methods."""
 
+POOLS = ("mean",)
+"""Values accepted by the ``pool`` argument of :func:`cav.wrap`, besides ``None``."""
+
 KERAS_EPSILON = 1e-7
 """Clipping bound of probabilities in the loss, ``keras.config.epsilon()``'s default."""
 
@@ -336,9 +339,41 @@ class ModelAdapter(abc.ABC):
     framework: str
     """``"torch"`` or ``"keras"``."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, pool: str | None = None, pool_axis: int = 1) -> None:
+        if pool is not None and pool not in POOLS:
+            raise InvalidArgumentError(f"pool={pool!r} is not valid; use None or one of {POOLS}")
+        pool_axis = as_index(pool_axis, "pool_axis")
+        if pool_axis < 1:
+            raise InvalidArgumentError(
+                f"pool_axis={pool_axis} is not valid; axis 0 holds the examples, so use 1 or more"
+            )
         self._model = model
         self._n_classes: int | None = None
+        self._pool = pool
+        self._pool_axis = pool_axis
+
+    @property
+    def pool(self) -> str | None:
+        """How layer outputs are pooled before flattening: ``None`` or ``"mean"``."""
+        return self._pool
+
+    def _layer_values(self, values: np.ndarray, gradient: bool = False) -> np.ndarray:
+        """Pool (when asked) and flatten one layer's output or gradient to shape (b, d).
+
+        With ``pool="mean"`` over axis ``t`` of size ``T``, activations become their mean
+        ``mean_t a_t`` and gradients their sum ``sum_t g_t``. That sum is the derivative of
+        the output when every position's activation moves by the same vector ``v``:
+        ``d/de h(a_1 + e v, ..., a_T + e v) = sum_t g_t . v``.
+        """
+        if self._pool is not None:
+            if values.ndim <= self._pool_axis:
+                raise InvalidArgumentError(
+                    f"pool_axis={self._pool_axis} does not exist in a layer output of shape "
+                    f"{values.shape}; choose an axis from 1 to {values.ndim - 1}"
+                )
+            reduce = np.sum if gradient else np.mean
+            values = reduce(values, axis=self._pool_axis).astype(values.dtype, copy=False)
+        return values.reshape(values.shape[0], -1)
 
     def __repr__(self) -> str:
         return (
@@ -616,6 +651,7 @@ class ModelAdapter(abc.ABC):
     ) -> Iterator[BatchResult]:
         n = len(data)
         logger.debug("%s pass over %d inputs at layers %s", self.framework, n, names)
+        sizes: dict[str, int] = {}
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             objective = make_objective(start, stop) if make_objective is not None else None
@@ -623,6 +659,7 @@ class ModelAdapter(abc.ABC):
             for name in names:
                 what = f"activations of layer {name!r}"
                 check_finite(result.activations[name], what, start)
+                self._check_layer_size(name, result.activations[name].shape[1], sizes, start)
             if result.gradients is not None:
                 for name in names:
                     what = f"gradients of output={output!r} at layer {name!r}"
@@ -630,6 +667,22 @@ class ModelAdapter(abc.ABC):
             if self._n_classes is None:
                 self._n_classes = int(result.probabilities.shape[1])
             yield result
+
+    def _check_layer_size(self, name: str, size: int, sizes: dict[str, int], start: int) -> None:
+        """Raise when a layer's flattened output size differs between batches of one call."""
+        first = sizes.setdefault(name, size)
+        if size == first:
+            return
+        advice = (
+            f"pool_axis={self._pool_axis} does not remove the varying axis; choose it"
+            if self._pool is not None
+            else "average it out with cav.wrap(model, pool='mean', pool_axis=AXIS)"
+        )
+        raise InvalidArgumentError(
+            f"layer {name!r} gives outputs of {first} values for the first inputs and of "
+            f"{size} values from input index {start} on, so its size varies between examples "
+            f"(variable-length sequences); {advice}, or pad every input to one length"
+        )
 
 
 def _check_batch_size(batch_size: Any) -> int:

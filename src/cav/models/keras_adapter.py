@@ -80,11 +80,6 @@ class KerasOps:
 KERAS_OPS = KerasOps()
 
 
-def _flatten(t: Any) -> np.ndarray:
-    values = KERAS_OPS.to_numpy(t)
-    return values.reshape(values.shape[0], -1)
-
-
 def _activation_name(function: Any) -> str:
     return str(getattr(function, "__name__", ""))
 
@@ -119,7 +114,18 @@ class KerasAdapter(ModelAdapter):
 
     framework = "keras"
 
-    def __init__(self, model: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        pool: str | None = None,
+        pool_axis: int = 1,
+        output_key: int | str | None = None,
+    ) -> None:
+        if output_key is not None:
+            raise InvalidArgumentError(
+                f"output_key={output_key!r} is for PyTorch models; for a Keras model with "
+                "several outputs, wrap keras.Model(model.inputs, model.outputs[i]) instead"
+            )
         if not isinstance(model, keras.Model):
             raise InvalidTypeError(
                 "model must be a keras.Model (Sequential or Functional), "
@@ -146,9 +152,12 @@ class KerasAdapter(ModelAdapter):
         if not self._sequential and (len(model.inputs) != 1 or len(model.outputs) != 1):
             raise InvalidTypeError(
                 f"the Keras model has {len(model.inputs)} inputs and {len(model.outputs)} "
-                "outputs; the adapter supports models with one input and one output"
+                "outputs; the adapter supports models with one input and one output. Build "
+                "keras.Model(model.inputs, model.outputs[i]) to choose the output of class "
+                "scores; for several inputs, build a one-input Functional model that feeds "
+                "the other inputs as constants (keras.layers.Lambda), or wrap a PyTorch model"
             )
-        super().__init__(model)
+        super().__init__(model, pool=pool, pool_axis=pool_axis)
         self._backend = backend
         self._final = self._final_operation()
         self._head_spec = _head_spec(self._final)
@@ -203,9 +212,15 @@ class KerasAdapter(ModelAdapter):
             gradients = None
             if objective is not None:
                 values = objective(head, KERAS_OPS)
-                gradients = tracker.gradients(values, captured, layers)
+                grads = tracker.gradients(values, captured, layers)
+                gradients = {
+                    name: self._layer_values(KERAS_OPS.to_numpy(grad), gradient=True)
+                    for name, grad in grads.items()
+                }
             probabilities = KERAS_OPS.to_numpy(class_probabilities(head, KERAS_OPS))
-        activations = {name: _flatten(captured[name]) for name in layers}
+        activations = {
+            name: self._layer_values(KERAS_OPS.to_numpy(captured[name])) for name in layers
+        }
         return BatchResult(activations, gradients, probabilities)
 
     def _run(
@@ -301,6 +316,10 @@ class KerasAdapter(ModelAdapter):
             values = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
             digest.update(f"\n{variable.path} {values.shape} {values.dtype}\n".encode())
             digest.update(values.tobytes())
+        # Options that change the returned arrays enter the digest, so cached
+        # activations of one setting are never served for another.
+        if self._pool is not None:
+            digest.update(f"\npool {self._pool} axis {self._pool_axis}".encode())
         return digest.hexdigest()
 
 
@@ -340,8 +359,11 @@ class _GradientTracker(AbstractContextManager["_GradientTracker"]):
 
     def gradients(
         self, objective: Any, captured: dict[str, Any], layers: Sequence[str]
-    ) -> dict[str, np.ndarray]:
-        """Differentiate the summed objective with respect to each captured layer output."""
+    ) -> dict[str, Any]:
+        """Differentiate the summed objective with respect to each captured layer output.
+
+        Returns the gradients as backend tensors, in the shape of each layer's output.
+        """
         sources = [captured[name] for name in layers]
         total = keras.ops.sum(objective)
         if self.backend == "torch":
@@ -360,7 +382,7 @@ class _GradientTracker(AbstractContextManager["_GradientTracker"]):
                     f"the model's output does not depend on layer {name!r}, "
                     "so there is no gradient at it"
                 )
-            result[name] = _flatten(grad)
+            result[name] = grad
         return result
 
 

@@ -9,8 +9,9 @@ row ``i`` of the result is example ``i``'s gradient.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -94,8 +95,69 @@ def _check_input_tensor(x: torch.Tensor) -> None:
         check_finite(tensor_to_numpy(x), "input x")
 
 
-def _flatten(t: torch.Tensor) -> np.ndarray:
-    return tensor_to_numpy(t.reshape(t.shape[0], -1))
+WRAPPER_EXAMPLE = (
+    "class OneInput(torch.nn.Module):\n"
+    "    def __init__(self, model, mask):\n"
+    "        super().__init__()\n"
+    "        self.model, self.mask = model, mask\n"
+    "    def forward(self, x):\n"
+    "        return self.model(x, self.mask)[0]\n"
+)
+"""A wrapper that fixes the extra inputs and picks one output, for error messages."""
+
+
+def _check_single_input(model: nn.Module) -> None:
+    """Reject a model whose ``forward`` needs more than one positional argument."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [
+        p.name for p in parameters if p.kind in positional and p.default is inspect.Parameter.empty
+    ]
+    if len(required) > 1:
+        raise InvalidTypeError(
+            f"{type(model).__name__}.forward needs {len(required)} inputs ({', '.join(required)}); "
+            "the adapter feeds one tensor x, so wrap the model in a module whose forward takes "
+            f"x alone, for example:\n{WRAPPER_EXAMPLE}"
+        )
+
+
+def select_output(output: Any, key: int | str | None) -> Any:
+    """Return the class-score tensor of a model's output.
+
+    ``key`` picks it from a tuple or list (by position) or a dict (by key), including
+    dict-like model outputs such as those of Hugging Face transformers.
+
+    Raises
+    ------
+    InvalidTypeError
+        If the output is a tuple, list or dict and ``key`` is None.
+    InvalidArgumentError
+        If ``key`` is not in the output.
+    """
+    if key is None:
+        if isinstance(output, tuple | list | Mapping):
+            kind = type(output).__name__
+            keys = list(output) if isinstance(output, Mapping) else list(range(len(output)))
+            example = repr(keys[0]) if keys else "KEY"
+            raise InvalidTypeError(
+                f"the model returns a {kind} with entries {keys}; pass output_key= to "
+                "cav.wrap to choose the tensor of class scores, for example "
+                f"cav.wrap(model, output_key={example})"
+            )
+        return output
+    try:
+        return output[key]
+    except (KeyError, IndexError, TypeError) as exc:
+        available = list(output) if isinstance(output, Mapping) else None
+        if available is None and isinstance(output, tuple | list):
+            available = list(range(len(output)))
+        raise InvalidArgumentError(
+            f"output_key={key!r} is not in the model's {type(output).__name__} output; "
+            f"valid keys: {available}"
+        ) from exc
 
 
 @contextmanager
@@ -136,10 +198,23 @@ class TorchAdapter(ModelAdapter):
 
     framework = "torch"
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        pool: str | None = None,
+        pool_axis: int = 1,
+        output_key: int | str | None = None,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        super().__init__(model)
+        _check_single_input(model)
+        if output_key is not None and not isinstance(output_key, int | str):
+            raise InvalidTypeError(
+                f"output_key must be an int (tuple or list position) or a str (dict key), "
+                f"got {type(output_key).__name__}"
+            )
+        super().__init__(model, pool=pool, pool_axis=pool_axis)
+        self._output_key = output_key
 
     @property
     def layer_names(self) -> list[str]:
@@ -200,7 +275,7 @@ class TorchAdapter(ModelAdapter):
                         handles.append(module.register_forward_hook(recorder.leaf_hook))
                 grad_mode = torch.enable_grad() if objective is not None else torch.no_grad()
                 with grad_mode:
-                    output = model(batch)
+                    output = select_output(model(batch), self._output_key)
                     recorder.check_layers_ran()
                     head = recorder.head(output)
                     gradients = None
@@ -210,7 +285,9 @@ class TorchAdapter(ModelAdapter):
             finally:
                 for handle in handles:
                     handle.remove()
-        activations = {name: _flatten(recorder.captured[name]) for name in layers}
+        activations = {
+            name: self._layer_values(tensor_to_numpy(recorder.captured[name])) for name in layers
+        }
         return BatchResult(activations, gradients, probabilities)
 
     def _backward(
@@ -231,7 +308,8 @@ class TorchAdapter(ModelAdapter):
                     f"the model's output does not depend on layer {name!r}, "
                     "so there is no gradient at it"
                 )
-            result[name] = _flatten(grad.reshape(source.shape))
+            values = tensor_to_numpy(grad.reshape(source.shape))
+            result[name] = self._layer_values(values, gradient=True)
         return result
 
     def fingerprint(self) -> str:
@@ -243,6 +321,12 @@ class TorchAdapter(ModelAdapter):
             data = tensor.detach().cpu().contiguous().reshape(-1)
             digest.update(f"\n{name} {tuple(tensor.shape)} {tensor.dtype}\n".encode())
             digest.update(data.view(torch.uint8).numpy().tobytes())
+        # Options that change the returned arrays enter the digest, so cached
+        # activations of one setting are never served for another.
+        if self._pool is not None:
+            digest.update(f"\npool {self._pool} axis {self._pool_axis}".encode())
+        if self._output_key is not None:
+            digest.update(f"\noutput_key {self._output_key!r}".encode())
         return digest.hexdigest()
 
 

@@ -161,6 +161,7 @@ def run_tcav(
         concepts, random_sets, random_pool, n_random, random_set_size, test, seed_value
     )
     targets = image_sets.prepare_targets(target, inputs, labels)
+    image_sets.check_image_shapes(targets, plan.all_sets)
     image_sets.warn_value_ranges(targets, plan.all_sets)
     context = _make_cache_context(adapter, cache_dir, plan.all_sets, batch_size)
 

@@ -11,12 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from cav.errors import InvalidArgumentError, InvalidTypeError, ValueRangeWarning
+from cav.errors import InvalidArgumentError, InvalidTypeError, NonFiniteError, ValueRangeWarning
 
 logger = logging.getLogger(__name__)
 
 # Mixed into the call's seed so the draw of random sets has its own random stream.
 _RANDOM_SETS_STREAM = 0x52414E44
+
+MIN_SET_SIZE = 2
+"""Minimum number of images in a concept, a random set or the inputs of a class."""
 
 
 @dataclass(frozen=True)
@@ -51,11 +54,20 @@ def resolve_seed(seed: int | np.random.Generator) -> int:
     return int(seed)
 
 
-def as_images(value: Any, name: str) -> np.ndarray:
+def as_images(value: Any, name: str, min_images: int = 1) -> np.ndarray:
     """Convert an image set to one numpy array of shape (n, ...).
 
     Accepts a numpy array, a torch tensor (moved to the CPU), or an iterable of such
     batches, which are concatenated along the first axis.
+
+    Raises
+    ------
+    InvalidArgumentError
+        If the set has fewer than ``min_images`` images or batches of different shapes.
+    NonFiniteError
+        If a value is NaN or infinite (the message names the set and the first image).
+    InvalidTypeError
+        If the set is not numeric.
     """
     if isinstance(value, np.ndarray):
         array = value
@@ -70,6 +82,12 @@ def as_images(value: Any, name: str) -> np.ndarray:
         batches = [as_images(batch, f"{name} batch {i}") for i, batch in enumerate(value)]
         if not batches:
             raise InvalidArgumentError(f"{name} is an empty iterable; it must hold images")
+        for index, batch in enumerate(batches):
+            if batch.shape[1:] != batches[0].shape[1:]:
+                raise InvalidArgumentError(
+                    f"{name} batch {index} has images of shape {batch.shape[1:]}, but batch 0 "
+                    f"has {batches[0].shape[1:]}; every image of a set must have one shape"
+                )
         array = np.concatenate(batches, axis=0)
     if array.ndim < 2:
         raise InvalidArgumentError(
@@ -81,7 +99,23 @@ def as_images(value: Any, name: str) -> np.ndarray:
         )
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise InvalidTypeError(f"{name} must be numeric; got dtype {array.dtype}")
+    if array.shape[0] < min_images:
+        raise InvalidArgumentError(
+            f"{name} has {array.shape[0]} image(s); at least {min_images} are needed"
+        )
+    if np.issubdtype(array.dtype, np.inexact):
+        _check_finite_images(array, name)
     return array
+
+
+def _check_finite_images(array: np.ndarray, name: str) -> None:
+    finite = np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise NonFiniteError(
+            f"{name} contains NaN or infinite values in {bad.size} of {finite.size} images "
+            f"(first at index {int(bad[0])}); remove or repair those images"
+        )
 
 
 def prepare_concepts(concepts: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -96,7 +130,7 @@ def prepare_concepts(concepts: Mapping[str, Any]) -> dict[str, np.ndarray]:
     for name, images in concepts.items():
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError(f"concept names must be non-empty strings; got {name!r}")
-        prepared[name] = as_images(images, f"concepts[{name!r}]")
+        prepared[name] = as_images(images, f"concepts[{name!r}]", MIN_SET_SIZE)
     return prepared
 
 
@@ -182,7 +216,10 @@ def _named_random_sets(random_sets: Sequence[Any] | Mapping[str, Any]) -> dict[s
         )
     if not named:
         raise InvalidArgumentError("random_sets is empty; give at least one random image set")
-    return {name: as_images(images, f"random_sets[{name!r}]") for name, images in named.items()}
+    return {
+        name: as_images(images, f"random_sets[{name!r}]", MIN_SET_SIZE)
+        for name, images in named.items()
+    }
 
 
 def prepare_targets(
@@ -204,9 +241,9 @@ def prepare_targets(
                 raise InvalidArgumentError(
                     f"inputs has no entry for target {value}; its keys are {list(inputs)}"
                 )
-            class_inputs = as_images(inputs[value], f"inputs[{value}]")
+            class_inputs = as_images(inputs[value], f"inputs[{value}]", MIN_SET_SIZE)
         else:
-            class_inputs = as_images(inputs, "inputs")
+            class_inputs = as_images(inputs, "inputs", MIN_SET_SIZE)
         class_labels = _labels_for(labels, value, len(class_inputs))
         result.append(TargetInputs(value, class_inputs, class_labels))
     return result
@@ -282,21 +319,64 @@ def heldout_size(n_images: int, holdout: float) -> int:
     return n_test
 
 
-def warn_value_ranges(inputs: Sequence[TargetInputs], image_sets: Mapping[str, np.ndarray]) -> None:
-    """Warn when an image set lies far outside the value range of the inputs.
+def check_image_shapes(
+    inputs: Sequence[TargetInputs], image_sets: Mapping[str, np.ndarray]
+) -> None:
+    """Raise unless every image set has the image shape of the inputs.
+
+    ``run_tcav`` calls this before any forward pass, so a concept or random set of the
+    wrong shape is named here instead of failing inside the model.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming the set, its shape and the shape of the inputs.
+    """
+    first = inputs[0]
+    expected = first.inputs.shape[1:]
+    described = f"the inputs of target {first.target}"
+    named = {f"inputs[{item.target}]": item.inputs for item in inputs[1:]}
+    for name, images in {**named, **image_sets}.items():
+        if images.shape[1:] != expected:
+            raise InvalidArgumentError(
+                f"image set {name!r} has images of shape {images.shape[1:]}, but {described} "
+                f"have shape {expected}; preprocess every image set to the model's input shape"
+            )
+
+
+def value_range_mismatches(
+    inputs: Sequence[np.ndarray], image_sets: Mapping[str, np.ndarray]
+) -> tuple[tuple[float, float], list[str]]:
+    """Find the image sets that lie far outside the value range of the inputs.
 
     A set is flagged when its minimum or maximum lies more than the inputs' own range
-    beyond the inputs' minimum or maximum, for example images in [0, 255] scored with
-    inputs scaled to [0, 1].
+    ``high - low`` beyond the inputs' minimum or maximum, for example images in [0, 255]
+    scored with inputs scaled to [0, 1].
+
+    Returns
+    -------
+    (low, high) : tuple of float
+        The inputs' range.
+    flagged : list of str
+        ``"name [min, max]"`` of each flagged set, in the order of ``image_sets``.
     """
-    low = min(float(np.min(item.inputs)) for item in inputs)
-    high = max(float(np.max(item.inputs)) for item in inputs)
+    low = min(float(np.min(array)) for array in inputs)
+    high = max(float(np.max(array)) for array in inputs)
     width = max(high - low, float(np.finfo(np.float32).eps))
     flagged = []
     for name, images in image_sets.items():
         set_low, set_high = float(np.min(images)), float(np.max(images))
         if set_low < low - width or set_high > high + width:
             flagged.append(f"{name} [{set_low:.3g}, {set_high:.3g}]")
+    return (low, high), flagged
+
+
+def warn_value_ranges(inputs: Sequence[TargetInputs], image_sets: Mapping[str, np.ndarray]) -> None:
+    """Warn with :class:`ValueRangeWarning` about sets off the inputs' value range.
+
+    The rule is that of :func:`value_range_mismatches`; the message names both ranges.
+    """
+    (low, high), flagged = value_range_mismatches([item.inputs for item in inputs], image_sets)
     if flagged:
         warnings.warn(
             f"image sets lie on a different value range from the inputs [{low:.3g}, {high:.3g}]: "
