@@ -417,9 +417,15 @@ def _stop_log(handler: logging.Handler) -> None:
 def _choose_keras_backend() -> None:
     """Use Keras' torch backend when TensorFlow is missing and none was chosen.
 
+    Also quiets TensorFlow's informational start-up messages unless the user set
+    ``TF_CPP_MIN_LOG_LEVEL``.
+
     Keras reads ``KERAS_BACKEND`` once, at import; its default, TensorFlow, fails to
     import when only PyTorch is installed.
     """
+    # TensorFlow's C++ start-up notices (oneDNN, CPU features) would bury the study's
+    # progress; its warnings and errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     if "KERAS_BACKEND" in os.environ:
         return
     has_tensorflow = importlib.util.find_spec("tensorflow") is not None
