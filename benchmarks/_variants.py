@@ -1,0 +1,365 @@
+"""The timed variants of the benchmark: cav (PyTorch and Keras), captum's TCAV, and the floor.
+
+Every variant does the work of one TCAV experiment on a :class:`_workload.Workload`: the
+activations of the concept set and of the R random sets at the chosen layers, R concept
+CAVs and R null CAVs per layer (hinge-loss SGD, alpha 0.01, on both sides), the gradients
+of the target images' logit at those layers, the TCAV scores of every run, and the paper's
+t-test of concept scores against null scores per layer. The floor does only the
+framework passes that any implementation needs.
+
+``setup_*`` functions build what a variant needs outside the timed call (models, inputs in
+the right layout); ``run_*`` functions are the timed calls.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from _workload import IMAGE_SHAPE, Workload
+
+CONCEPT_NAME = "sea"
+TARGET_INDEX = 1
+"""Class index of "ship": the single sigmoid unit of the study's CNN is class 1."""
+
+
+def random_names(count: int) -> list[str]:
+    """Name the random sets as ``cav.run_tcav`` names a sequence of them."""
+    width = max(2, len(str(count - 1)))
+    return [f"random_{index:0{width}d}" for index in range(count)]
+
+
+def null_pairs(count: int) -> list[tuple[int, int]]:
+    """Return the null runs of the t-test design as random-set index pairs.
+
+    The cycle (0, 1), (1, 2), ..., (R-1, 0) for R >= 3 and the single pair for R = 2:
+    the pairs ``cav.run_tcav(test="ttest")`` fits, so both sides fit the same CAVs.
+    """
+    if count < 2:
+        return []
+    if count == 2:
+        return [(0, 1)]
+    return [(index, (index + 1) % count) for index in range(count)]
+
+
+@dataclass
+class Prepared:
+    """What a variant's timed call needs, built before timing."""
+
+    call: Callable[[], dict[str, Any]]
+    details: dict[str, Any]
+
+
+# torch models ----------------------------------------------------------------------------
+
+
+def build_models(workload: Workload) -> tuple[Any, Any]:
+    """Build the Keras CNN with the workload's weights and its PyTorch copy.
+
+    Returns
+    -------
+    (keras.Model, torch.nn.Sequential)
+        Both in inference use; the PyTorch model is in ``eval()`` mode.
+    """
+    from cav.experiments.networks import (
+        build_keras_cnn,
+        build_torch_cnn,
+        copy_keras_weights_to_torch,
+    )
+
+    keras_model = build_keras_cnn(IMAGE_SHAPE)
+    keras_model.set_weights(workload.keras_weights)
+    torch_model = build_torch_cnn(IMAGE_SHAPE)
+    copy_keras_weights_to_torch(keras_model, torch_model)
+    torch_model.eval()
+    return keras_model, torch_model
+
+
+def to_nchw(images: np.ndarray) -> np.ndarray:
+    """Return NHWC images as a contiguous NCHW array."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+
+
+# floor -----------------------------------------------------------------------------------
+
+
+def setup_floor(workload: Workload, layers: Sequence[int], batch_size: int) -> Prepared:
+    """Prepare the floor: one forward and backward pass, one forward pass, in plain torch.
+
+    The timed call runs (1) a forward and a backward pass of the logit over the target
+    images in batches of ``batch_size``, copying the gradient at each layer into one
+    float32 (n, d) array per layer, and (2) a forward pass without gradients over the
+    concept and random images, up to the deepest layer, copying each layer's activations
+    the same way. The backward pass computes no weight gradients and stops at the
+    shallowest layer.
+    """
+    import torch
+
+    _, torch_model = build_models(workload)
+    logit_model = torch_model[:-1]
+    for parameter in logit_model.parameters():
+        parameter.requires_grad_(False)
+    targets = torch.from_numpy(to_nchw(workload.targets))
+    image_sets = [workload.concept, *workload.random_sets]
+    others = torch.from_numpy(to_nchw(np.concatenate(image_sets)))
+
+    def call() -> dict[str, Any]:
+        gradients = _floor_gradients(logit_model, targets, layers, batch_size)
+        activations = _floor_activations(logit_model, others, layers, batch_size)
+        return {
+            "gradient_bytes": sum(array.nbytes for array in gradients.values()),
+            "activation_bytes": sum(array.nbytes for array in activations.values()),
+        }
+
+    return Prepared(call, {"framework": "torch", "n_other_images": len(others)})
+
+
+def _floor_gradients(
+    model: Any, images: Any, layers: Sequence[int], batch_size: int
+) -> dict[int, np.ndarray]:
+    import torch
+
+    captured: dict[int, Any] = {}
+
+    def keep(index: int) -> Callable[..., Any]:
+        def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+            # The weights do not require gradients, so the first requested layer's output
+            # becomes the leaf where the backward pass stops; later layers stay in the graph.
+            if not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+            captured[index] = output
+            return output
+
+        return hook
+
+    handles = [model[index].register_forward_hook(keep(index)) for index in layers]
+    gradients: dict[int, np.ndarray] = {}
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            with torch.enable_grad():
+                logits = model(batch)
+                outputs = [captured[index] for index in layers]
+                grads = torch.autograd.grad(logits[:, 0].sum(), outputs)
+            for index, grad in zip(layers, grads, strict=True):
+                values = grad.reshape(len(batch), -1).numpy()
+                if index not in gradients:
+                    gradients[index] = np.empty((len(images), values.shape[1]), np.float32)
+                gradients[index][start : start + len(batch)] = values
+    finally:
+        for handle in handles:
+            handle.remove()
+    return gradients
+
+
+def _floor_activations(
+    model: Any, images: Any, layers: Sequence[int], batch_size: int
+) -> dict[int, np.ndarray]:
+    import torch
+
+    captured: dict[int, Any] = {}
+
+    def keep(index: int) -> Callable[..., None]:
+        def hook(_module: Any, _inputs: Any, output: Any) -> None:
+            captured[index] = output
+
+        return hook
+
+    # The forward pass can stop at the deepest layer requested.
+    truncated = model[: max(layers) + 1]
+    handles = [model[index].register_forward_hook(keep(index)) for index in layers]
+    activations: dict[int, np.ndarray] = {}
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                batch = images[start : start + batch_size]
+                truncated(batch)
+                for index in layers:
+                    values = captured[index].reshape(len(batch), -1).numpy()
+                    if index not in activations:
+                        activations[index] = np.empty((len(images), values.shape[1]), np.float32)
+                    activations[index][start : start + len(batch)] = values
+    finally:
+        for handle in handles:
+            handle.remove()
+    return activations
+
+
+# cav -------------------------------------------------------------------------------------
+
+CAV_OPTIONS: dict[str, Any] = {
+    "method": "sgd",
+    "output": "logit",
+    "test": "ttest",
+    # Student's t-test, as scipy.stats.ttest_ind runs it by default on the captum side.
+    "ttest": "student",
+    "correction": "none",
+}
+
+
+def setup_cav(
+    workload: Workload, layers: Sequence[int], batch_size: int, seed: int, framework: str
+) -> Prepared:
+    """Prepare ``cav.run_tcav`` on the PyTorch CNN (NCHW) or the Keras CNN (NHWC).
+
+    The timed call is one ``run_tcav`` call with the R random sets given as a sequence,
+    ``method="sgd"``, ``output="logit"`` and ``test="ttest"`` (Student's). The model keeps its
+    final Sigmoid: the adapter differentiates the logit below it.
+    """
+    keras_model, torch_model = build_models(workload)
+    if framework == "torch":
+        model = torch_model
+        convert: Callable[[np.ndarray], np.ndarray] = to_nchw
+    elif framework == "keras":
+        model = keras_model
+        convert = np.ascontiguousarray
+    else:
+        raise ValueError(f"framework={framework!r} is not supported; use 'torch' or 'keras'")
+    targets = convert(workload.targets)
+    concepts = {CONCEPT_NAME: convert(workload.concept)}
+    random_sets = [convert(images) for images in workload.random_sets]
+
+    def call() -> dict[str, Any]:
+        return run_cav(model, targets, concepts, random_sets, layers, batch_size, seed)
+
+    return Prepared(call, {"framework": framework})
+
+
+def run_cav(
+    model: Any,
+    targets: np.ndarray,
+    concepts: dict[str, np.ndarray],
+    random_sets: list[np.ndarray],
+    layers: Sequence[int],
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Run the t-test design with ``cav.run_tcav`` and return scores and p-values per layer."""
+    import cav
+
+    result = cav.run_tcav(
+        model,
+        targets,
+        TARGET_INDEX,
+        concepts,
+        random_sets=random_sets,
+        layers=list(layers),
+        seed=seed,
+        batch_size=batch_size,
+        **CAV_OPTIONS,
+    )
+    return scores_by_layer(result)
+
+
+def scores_by_layer(result: Any) -> dict[str, Any]:
+    """Collect the per-run scores and the p-value of each layer from a ``TCAVResult``."""
+    runs = result.runs
+    summary = result.summary()
+    by_layer: dict[str, Any] = {}
+    for layer in summary["layer"]:
+        layer_runs = runs[runs["layer"] == layer]
+        concept_runs = layer_runs[layer_runs["kind"] == "concept"].sort_values("negative")
+        null_runs = layer_runs[layer_runs["kind"] == "null"].sort_values("concept")
+        by_layer[str(layer)] = {
+            "concept_scores": concept_runs["score"].tolist(),
+            "null_scores": null_runs["score"].tolist(),
+            "p_value": float(summary.loc[summary["layer"] == layer, "p_value"].iloc[0]),
+        }
+    return by_layer
+
+
+# captum ----------------------------------------------------------------------------------
+
+
+def setup_captum(workload: Workload, layers: Sequence[int], batch_size: int, seed: int) -> Prepared:
+    """Prepare captum's TCAV on the logit model (the PyTorch CNN without its Sigmoid).
+
+    The timed call builds ``captum.concept.TCAV`` with its default classifier
+    (``SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3)``, hinge loss) and its default
+    layer attribution (the gradient at the layer output), on a fresh ``save_path``, calls
+    ``interpret`` once with the R concept runs and the R null runs, and runs
+    ``scipy.stats.ttest_ind`` per layer. captum stores activations and CAVs on disk under
+    ``save_path``; the files go to a temporary folder that is removed after the call.
+    """
+    import torch
+
+    _, torch_model = build_models(workload)
+    logit_model = torch_model[:-1]
+    targets = torch.from_numpy(to_nchw(workload.targets))
+    concept_batches = _batches(torch.from_numpy(to_nchw(workload.concept)), batch_size)
+    random_batches = [
+        _batches(torch.from_numpy(to_nchw(images)), batch_size) for images in workload.random_sets
+    ]
+    layer_names = [str(index) for index in layers]
+
+    def call() -> dict[str, Any]:
+        return run_captum(logit_model, targets, concept_batches, random_batches, layer_names, seed)
+
+    return Prepared(call, {"framework": "torch", "captum_layers": layer_names})
+
+
+def _batches(images: Any, batch_size: int) -> list[Any]:
+    return [images[start : start + batch_size] for start in range(0, len(images), batch_size)]
+
+
+def run_captum(
+    logit_model: Any,
+    targets: Any,
+    concept_batches: list[Any],
+    random_batches: list[list[Any]],
+    layer_names: list[str],
+    seed: int,
+    save_path: str | None = None,
+) -> dict[str, Any]:
+    """Run the t-test design with captum and return the scores and p-values per layer.
+
+    captum's train/test split uses Python's global ``random`` and its SGDClassifier has
+    no ``random_state``, so both global generators are seeded here for repeatable runs.
+    """
+    import torch
+    from captum.concept import TCAV, Concept
+    from scipy import stats
+
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (captum's classifier draws from the global state)
+    torch.manual_seed(seed)
+    concept = Concept(0, CONCEPT_NAME, concept_batches)
+    names = random_names(len(random_batches))
+    randoms = [
+        Concept(index + 1, name, batches)
+        for index, (name, batches) in enumerate(zip(names, random_batches, strict=True))
+    ]
+    concept_sets = [[concept, random_set] for random_set in randoms]
+    null_sets = [[randoms[first], randoms[second]] for first, second in null_pairs(len(randoms))]
+
+    with tempfile.TemporaryDirectory(prefix="captum-tcav-") as folder:
+        tcav = TCAV(
+            logit_model,
+            layer_names,
+            model_id="w1",
+            save_path=save_path or os.path.join(folder, "cav"),
+        )
+        scores = tcav.interpret(targets, concept_sets + null_sets, target=0)
+
+    result: dict[str, Any] = {}
+    for layer in layer_names:
+        concept_scores = [
+            float(scores[_key(pair)][layer]["sign_count"][0]) for pair in concept_sets
+        ]
+        null_scores = [float(scores[_key(pair)][layer]["sign_count"][0]) for pair in null_sets]
+        test = stats.ttest_ind(concept_scores, null_scores)
+        result[layer] = {
+            "concept_scores": concept_scores,
+            "null_scores": null_scores,
+            "p_value": float(test.pvalue),
+        }
+    return result
+
+
+def _key(concepts: Sequence[Any]) -> str:
+    return "-".join(str(concept.id) for concept in concepts)
