@@ -36,6 +36,7 @@ RUN_COLUMNS = (
     "negative",
     "score",
     "magnitude",
+    "cosine",
     "zero_share",
     "cav_accuracy",
 )
@@ -230,6 +231,7 @@ def score_cav_keras(
                     "negative": "noise",
                     "score": score,
                     "magnitude": math.nan,
+                    "cosine": math.nan,
                     "zero_share": zero,
                     "cav_accuracy": accuracy,
                 }
@@ -296,7 +298,7 @@ def _tidy_runs(runs: pd.DataFrame, data: StudyData) -> pd.DataFrame:
             "negative": runs["negative"].astype(str),
         }
     )
-    for column in ("score", "magnitude", "zero_share", "cav_accuracy"):
+    for column in ("score", "magnitude", "cosine", "zero_share", "cav_accuracy"):
         table[column] = runs[column].astype(float).to_numpy()
     return table.reset_index(drop=True)
 

@@ -118,7 +118,7 @@ class CellResult:
                 tests[column] = tests[column].astype(float)
         tests["weak_cav"] = tests["weak_cav"].astype(bool)
         runs = pd.DataFrame(values["runs"], columns=list(RUN_COLUMNS))
-        for column in ("score", "magnitude", "zero_share", "cav_accuracy"):
+        for column in ("score", "magnitude", "cosine", "zero_share", "cav_accuracy"):
             runs[column] = runs[column].astype(float)
         return cls(
             ratio=float(values["ratio"]),
