@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 
 import cav
 from cav._checks import check_choice
@@ -406,9 +405,7 @@ def _fit_all_cavs(
                     found[pair] = stored
         missing = [pair for pair in pairs if pair not in found]
         if missing:
-            # The fits solve many small problems, on which threaded BLAS only adds
-            # synchronisation. On a busy 2-core machine it made them 40 times slower.
-            with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+            with warnings.catch_warnings():
                 # Degenerate CAVs are reported once per layer below, not once per pair.
                 warnings.simplefilter("ignore", WeakCAVWarning)
                 fitted = fit_cavs(activations[layer], missing, method, seed, holdout, layer)
