@@ -7,14 +7,14 @@ same pairs, method, seed and holdout as ``cav.run_tcav``, and
 
 1. confirms that those CAVs give ``run_tcav``'s scores, by scoring them with the adapter's
    gradients (so they are the CAVs ``run_tcav`` used);
-2. writes them in captum's CAV file format, with captum's row convention (one row per
-   concept id, pointing toward that concept), into a fresh ``save_path``, so that
-   ``captum.concept.TCAV.interpret`` loads them instead of training its own, and computes
-   its sign-count scores with its own layer gradients;
+2. writes them into a fresh ``save_path`` in captum's CAV file format, with captum's row
+   convention (one row per concept id, pointing toward that concept). Then
+   ``captum.concept.TCAV.interpret`` loads them instead of training its own, and it
+   computes its sign-count scores from its own layer gradients;
 3. compares captum's sign-count score of every run with cav's TCAV score of the same run.
 
 A score is the fraction of the n target images with a positive directional derivative, so
-two scores can differ only in steps of 1/n; a step appears when the float32 gradients of
+two scores can differ only in steps of 1/n. A step appears when the float32 gradients of
 the two code paths round a derivative that is within rounding of zero to opposite signs.
 """
 
@@ -56,8 +56,6 @@ def check_identical_cavs(
         the largest absolute differences, and the number of runs whose scores differ by at
         least one target image.
     """
-    from threadpoolctl import threadpool_limits
-
     import cav
 
     adapter = cav.wrap(torch_model)
@@ -86,12 +84,8 @@ def check_identical_cavs(
     rows: list[dict[str, Any]] = []
     for layer in layer_names:
         layer_activations = {name: values[layer] for name, values in activations.items()}
-        # run_tcav limits BLAS to one thread while fitting; the same limit keeps the
-        # rounding of the inner products, and so the fitted directions, identical.
-        with threadpool_limits(limits=1, user_api="blas"):
-            fitted = cav.fit_cavs(
-                layer_activations, pairs, CAV_OPTIONS["method"], seed, holdout, layer
-            )
+        # The same call as run_tcav makes, so the inner products round the same way.
+        fitted = cav.fit_cavs(layer_activations, pairs, CAV_OPTIONS["method"], seed, holdout, layer)
         directions[layer] = np.stack([item.direction for item in fitted])
         refit = np.atleast_1d(
             cav.tcav_score(cav.directional_derivatives(gradients[layer], directions[layer]))
@@ -182,9 +176,9 @@ def _captum_scores(
 def _captum_stats(concept_set: list[Any], direction: Any) -> dict[str, Any]:
     """Build captum's CAV statistics: rows in sorted class order, each toward its class.
 
-    captum stores ``weights`` of shape (2, d) with ``classes`` sorted by concept id; its
-    row for the first concept of the set is the direction toward that concept. The classes
-    are int32, the dtype captum itself stores and its loader accepts.
+    captum stores ``weights`` of shape (2, d) with ``classes`` sorted by concept id. Its row
+    for the first concept of the set is the direction toward that concept. The classes are
+    int32, the dtype captum itself stores and its loader accepts.
     """
     import torch
 

@@ -36,6 +36,10 @@ class Measurement:
     ----------
     seconds : float
         Wall-clock time of the call (``time.perf_counter``).
+    cpu_seconds : float
+        CPU time of the process during the call, all threads, user and system
+        (``time.process_time``). Other processes on the machine change it less than the
+        wall time, but thread pools that wait by spinning add to it.
     rss_before : int
         Resident set size in bytes just before the call: the interpreter, the libraries,
         the model and the images.
@@ -47,6 +51,7 @@ class Measurement:
     """
 
     seconds: float
+    cpu_seconds: float
     rss_before: int
     rss_peak: int
     process_max_rss: int
@@ -78,15 +83,17 @@ def measure(call: Callable[[], Any], interval: float = 0.005) -> tuple[Any, Meas
     """Run ``call()`` once and return its result with its time and memory.
 
     A peak shorter than ``interval`` between two samples can be missed, so ``rss_peak`` is
-    a lower bound; ``process_max_rss`` is exact but includes everything before the call.
+    a lower bound. ``process_max_rss`` is exact but includes everything before the call.
     """
     rss_before = current_rss()
     sampler = _PeakSampler(interval)
     sampler.start()
     start = time.perf_counter()
+    cpu_start = time.process_time()
     try:
         result = call()
     finally:
         seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
         peak = sampler.stop()
-    return result, Measurement(seconds, rss_before, peak, max_rss())
+    return result, Measurement(seconds, cpu_seconds, rss_before, peak, max_rss())

@@ -1,11 +1,15 @@
 """The timed variants of the benchmark: cav (PyTorch and Keras), captum's TCAV, and the floor.
 
-Every variant does the work of one TCAV experiment on a :class:`_workload.Workload`: the
-activations of the concept set and of the R random sets at the chosen layers, R concept
-CAVs and R null CAVs per layer (hinge-loss SGD, alpha 0.01, on both sides), the gradients
-of the target images' logit at those layers, the TCAV scores of every run, and the paper's
-t-test of concept scores against null scores per layer. The floor does only the
-framework passes that any implementation needs.
+Every variant does the work of one TCAV experiment on a :class:`_workload.Workload`:
+
+- the activations of the concept set and of the R random sets at the chosen layers;
+- R concept CAVs and R null CAVs per layer (hinge-loss SGD, alpha 0.01, on both sides);
+- the gradients of the target images' logit at those layers and the TCAV score of every
+  run;
+- the t-test of the TCAV paper (Kim et al., ICML 2018), concept scores against null scores,
+  per layer.
+
+The floor does only the framework passes that any implementation needs.
 
 ``setup_*`` functions build what a variant needs outside the timed call (models, inputs in
 the right layout); ``run_*`` functions are the timed calls.
@@ -49,7 +53,7 @@ def null_pairs(count: int) -> list[tuple[int, int]]:
 
 @dataclass
 class Prepared:
-    """What a variant's timed call needs, built before timing."""
+    """The timed call of a variant, built before timing, and facts about its setup."""
 
     call: Callable[[], dict[str, Any]]
     details: dict[str, Any]
@@ -91,12 +95,13 @@ def to_nchw(images: np.ndarray) -> np.ndarray:
 def setup_floor(workload: Workload, layers: Sequence[int], batch_size: int) -> Prepared:
     """Prepare the floor: one forward and backward pass, one forward pass, in plain torch.
 
-    The timed call runs (1) a forward and a backward pass of the logit over the target
-    images in batches of ``batch_size``, copying the gradient at each layer into one
-    float32 (n, d) array per layer, and (2) a forward pass without gradients over the
-    concept and random images, up to the deepest layer, copying each layer's activations
-    the same way. The backward pass computes no weight gradients and stops at the
-    shallowest layer.
+    The timed call runs two passes in batches of ``batch_size``:
+
+    1. a forward and a backward pass of the logit over the target images, copying the
+       gradient at each layer into one float32 (n, d) array per layer. The backward pass
+       computes no weight gradients and stops at the shallowest layer;
+    2. a forward pass without gradients over the concept and random images, up to the
+       deepest layer, copying each layer's activations the same way.
     """
     import torch
 
@@ -129,7 +134,7 @@ def _floor_gradients(
     def keep(index: int) -> Callable[..., Any]:
         def hook(_module: Any, _inputs: Any, output: Any) -> Any:
             # The weights do not require gradients, so the first requested layer's output
-            # becomes the leaf where the backward pass stops; later layers stay in the graph.
+            # becomes the leaf where the backward pass stops. Later layers stay in the graph.
             if not output.requires_grad:
                 output = output.detach().requires_grad_(True)
             captured[index] = output
@@ -279,12 +284,12 @@ def scores_by_layer(result: Any) -> dict[str, Any]:
 def setup_captum(workload: Workload, layers: Sequence[int], batch_size: int, seed: int) -> Prepared:
     """Prepare captum's TCAV on the logit model (the PyTorch CNN without its Sigmoid).
 
-    The timed call builds ``captum.concept.TCAV`` with its default classifier
-    (``SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3)``, hinge loss) and its default
-    layer attribution (the gradient at the layer output), on a fresh ``save_path``, calls
-    ``interpret`` once with the R concept runs and the R null runs, and runs
-    ``scipy.stats.ttest_ind`` per layer. captum stores activations and CAVs on disk under
-    ``save_path``; the files go to a temporary folder that is removed after the call.
+    The timed call builds ``captum.concept.TCAV`` on a fresh ``save_path``, with its default
+    classifier (``SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3)``, hinge loss) and its
+    default layer attribution (the gradient at the layer output). It calls ``interpret``
+    once with the R concept runs and the R null runs, then ``scipy.stats.ttest_ind`` per
+    layer. captum stores activations and CAVs on disk under ``save_path``, a temporary
+    folder removed after the call.
     """
     import torch
 

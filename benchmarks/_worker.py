@@ -92,6 +92,7 @@ def _run_timed(workload: Workload, args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "variant": variant,
         "seconds": measurement.seconds,
+        "cpu_seconds": measurement.cpu_seconds,
         "rss_before": measurement.rss_before,
         "rss_peak": measurement.rss_peak,
         "rss_growth": measurement.rss_growth,

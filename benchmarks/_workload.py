@@ -234,20 +234,20 @@ def _draw(rng: np.random.Generator, names: list[str], count: int) -> list[str]:
     return [names[i] for i in chosen]
 
 
-def _decode_members(archive: Path, wanted: set[str]) -> dict[str, np.ndarray]:
+def _decode_members(archive: Path, requested: set[str]) -> dict[str, np.ndarray]:
     from PIL import Image
 
     decoded: dict[str, np.ndarray] = {}
     with tarfile.open(archive) as tar:
         for member in tar:
-            if member.name not in wanted:
+            if member.name not in requested:
                 continue
             handle = tar.extractfile(member)
             if handle is None:
                 continue
             with Image.open(io.BytesIO(handle.read())) as image:
                 decoded[member.name] = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    missing = wanted - decoded.keys()
+    missing = requested - decoded.keys()
     if missing:
         raise FileNotFoundError(f"{len(missing)} images not found in {archive}")
     return decoded

@@ -1,10 +1,10 @@
 """Benchmark ``cav.run_tcav`` against captum's TCAV and against the cost floor.
 
-Workload W1 is the TCAV experiment of the class-imbalance study: the study's CNN (PyTorch
-``nn.Sequential`` and Keras, same weights), 1,000 CIFAR-10 ship test images as targets,
-200 CIFAR-100 sea images as the concept and 20 random sets of 200 other CIFAR-100 images,
-layers 1, 5, 7 and 11, 20 concept runs and 20 null runs per layer, hinge-loss SGD CAVs
-(alpha 0.01) on both sides and the t-test of the TCAV paper.
+Workload W1 is the TCAV experiment of the class-imbalance study. It uses the study's CNN
+(PyTorch ``nn.Sequential`` and Keras, same weights) and 1,000 CIFAR-10 ship test images as
+targets. The concept is 200 CIFAR-100 sea images, against 20 random sets of 200 other
+CIFAR-100 images. Each of the layers 1, 5, 7 and 11 gets 20 concept runs and 20 null runs,
+with hinge-loss SGD CAVs (alpha 0.01) on both sides and the t-test of the TCAV paper.
 
 Variants, each timed in a fresh subprocess after the images and models are loaded:
 
@@ -12,14 +12,14 @@ Variants, each timed in a fresh subprocess after the images and models are loade
   ``output="logit"``, ``test="ttest"``, Student's t-test).
 - ``captum``: ``captum.concept.TCAV.interpret`` on the CNN without its final Sigmoid, so
   that it differentiates the logit as cav does, then ``scipy.stats.ttest_ind`` per layer.
-- ``floor``: the framework passes any implementation needs, in plain PyTorch: one forward
-  and backward pass over the targets with the gradients at the layers, and one forward pass
-  over the concept and random images with their activations at the layers.
+- ``floor``: the framework passes any implementation needs, in plain PyTorch. They are
+  one forward and backward pass over the targets with the gradients at the layers, and one
+  forward pass over the concept and random images with their activations at the layers.
 
 Suites: ``w1`` (medians, ratios, memory), ``check`` (same scores for identical CAVs),
-``scaling`` (time against inputs, random runs and layers) and ``memory`` (peak memory of
+``scaling`` (time against inputs, random runs, layers and batch size) and ``memory`` (peak memory of
 ``run_tcav`` against the number of targets at the widest layer). ``--smoke`` runs a tiny
-version of ``w1`` and ``check`` in seconds.
+version of ``w1`` and ``check`` in under a minute, mostly process start-up.
 
 Usage::
 
@@ -30,7 +30,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -94,6 +93,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="what to run (default: w1 check; 'all' adds scaling and memory)",
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+
     parser.add_argument("--targets", type=int, default=1000, help="target images (default 1000)")
     parser.add_argument(
         "--random-runs", type=int, default=20, help="random sets R: R concept and R null runs"
@@ -130,10 +130,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scaling-repeats", type=int, default=1, help="timed runs per row")
     parser.add_argument("--memory-targets", type=int, nargs="+", default=[2000, 5000, 10000])
     parser.add_argument("--memory-layer", type=int, default=1, help="layer of the memory suite")
+
     parser.add_argument("--json", help="write every measurement to this JSON file")
     parser.add_argument("--workdir", help="folder for the workload file (default: a temp folder)")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes that run in seconds")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (under a minute)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess")
+
     # Internal: run one variant and write its measurement (used by the subprocesses).
     parser.add_argument("--worker", choices=[*VARIANTS, "check"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
@@ -145,7 +147,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def apply_smoke(args: argparse.Namespace) -> None:
-    """Shrink every size so the whole run takes seconds."""
+    """Shrink every size so that the whole run takes under a minute."""
     args.targets = 16
     args.random_runs = 3
     args.set_size = 12
@@ -194,7 +196,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "preparation_s": preparation,
             "failures": [],
         }
-        if "captum" in args.variants and importlib.util.find_spec("captum") is None:
+        if "captum" in args.variants and not _captum_installed():
             # captum is in the "bench" extra only; without it the other variants still run.
             args.variants = [variant for variant in args.variants if variant != "captum"]
             report["skipped"] = [
@@ -212,6 +214,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             report["memory"] = run_memory(args, runner)
         report["machine"]["load_average_end"] = os.getloadavg()
     return report
+
+
+def _captum_installed() -> bool:
+    try:
+        import captum  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _all_target_counts(args: argparse.Namespace) -> list[int]:
@@ -326,11 +336,13 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     if not results:
         return {"runs": 0}
     seconds = [result["seconds"] for result in results]
+    cpu_seconds = [result["cpu_seconds"] for result in results]
     return {
         "runs": len(results),
         "median_s": statistics.median(seconds),
         "min_s": min(seconds),
         "max_s": max(seconds),
+        "median_cpu_s": statistics.median(cpu_seconds),
         "rss_before_mib": max(result["rss_before"] for result in results) / MIB,
         "rss_growth_mib": max(result["rss_growth"] for result in results) / MIB,
         "process_max_rss_mib": max(result["process_max_rss"] for result in results) / MIB,
@@ -343,10 +355,11 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Ratios captum / cav and cav / floor, of the medians and of the fastest runs.
+    """Ratios captum / cav and cav / floor: of the median wall times, of the fastest runs,
+    and of the median CPU times.
 
-    On a shared machine the fastest run is the least disturbed one, so the ratio of minimums
-    is given beside the ratio of medians.
+    On a shared machine the fastest run is the least disturbed one, and CPU time depends
+    less on other processes than wall time, so both ratios are given beside the median.
     """
     found: dict[str, dict[str, float]] = {}
     for numerator, denominator in (
@@ -362,6 +375,7 @@ def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
             found[f"{numerator} / {denominator}"] = {
                 "median": top["median_s"] / bottom["median_s"],
                 "min": top["min_s"] / bottom["min_s"],
+                "median_cpu": top["median_cpu_s"] / bottom["median_cpu_s"],
             }
     return found
 
@@ -369,8 +383,8 @@ def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
 def agreement(measurements: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Compare the scores and p-values of the variants' first runs, layer by layer.
 
-    cav-torch and cav-keras fit identical CAVs from the same activations up to float
-    rounding; captum fits its own (differently seeded SGD), so its scores differ by the
+    cav-torch and cav-keras fit CAVs from the same activations up to float rounding.
+    captum fits its own CAVs with differently seeded SGD, so its scores differ by the
     spread of the CAV fit, and only its p-values are comparable in size.
     """
     first = {
@@ -426,15 +440,19 @@ def run_scaling(args: argparse.Namespace, runner: Runner) -> list[dict[str, Any]
         row: dict[str, Any] = {"axis": axis, "value": value, **settings}
         for variant in ("cav-torch", "floor"):
             seconds = []
+            cpu_seconds = []
             for _ in range(args.scaling_repeats):
                 result = runner.run(variant, **settings)
                 if result is not None:
                     seconds.append(result["seconds"])
+                    cpu_seconds.append(result["cpu_seconds"])
                     if variant == "cav-torch":
                         row["phases_s"] = result.get("phases_s")
             row[f"{variant}_s"] = statistics.median(seconds) if seconds else None
+            row[f"{variant}_cpu_s"] = statistics.median(cpu_seconds) if cpu_seconds else None
         if row.get("cav-torch_s") and row.get("floor_s"):
             row["cav / floor"] = row["cav-torch_s"] / row["floor_s"]
+            row["cav / floor cpu"] = row["cav-torch_cpu_s"] / row["floor_cpu_s"]
         rows.append(row)
     return rows
 
@@ -443,7 +461,7 @@ def run_memory(args: argparse.Namespace, runner: Runner) -> list[dict[str, Any]]
     """Measure the peak memory of ``run_tcav`` (PyTorch) against the number of targets.
 
     The concept and random activations at the layer are held during the CAV fits, so they
-    are reported beside the growth; what remains above them should not depend on the
+    are reported beside the growth. What remains above them should not depend on the
     number of targets beyond the (n_targets, n_cavs) derivatives.
     """
     layer = args.memory_layer
@@ -480,7 +498,8 @@ def machine_info() -> dict[str, Any]:
     from importlib import metadata
 
     versions = {}
-    for package in ("cav", "torch", "keras", "tensorflow", "captum", "scikit-learn", "numpy"):
+    packages = ("cav", "torch", "keras", "tensorflow-cpu", "captum", "scikit-learn", "numpy")
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -522,6 +541,8 @@ def print_report(report: dict[str, Any]) -> None:
         _print_scaling(report["scaling"])
     if "memory" in report:
         _print_memory(report["memory"])
+    for skipped in report.get("skipped", []):
+        print(f"skipped: {skipped}")
     for failure in report["failures"]:
         reason = failure.get("error") or failure.get("stderr", "")[-500:]
         print(f"FAILED: {failure['variant']}: {reason}")
@@ -535,7 +556,7 @@ def _print_w1(w1: dict[str, Any]) -> None:
     print("\nW1: median wall time of one TCAV experiment, each run in a fresh process")
     header = (
         f"{'variant':<10} {'runs':>4} {'median s':>9} {'min s':>8} {'max s':>8} "
-        f"{'RSS before MiB':>15} {'peak growth MiB':>16}"
+        f"{'CPU s':>7} {'RSS before MiB':>15} {'peak growth MiB':>16}"
     )
     print(header)
     print("-" * len(header))
@@ -545,7 +566,8 @@ def _print_w1(w1: dict[str, Any]) -> None:
             continue
         print(
             f"{variant:<10} {item['runs']:>4} {item['median_s']:>9.2f} {item['min_s']:>8.2f} "
-            f"{item['max_s']:>8.2f} {item['rss_before_mib']:>15.0f} {item['rss_growth_mib']:>16.0f}"
+            f"{item['max_s']:>8.2f} {item['median_cpu_s']:>7.2f} "
+            f"{item['rss_before_mib']:>15.0f} {item['rss_growth_mib']:>16.0f}"
         )
     for variant, item in w1["summary"].items():
         phases = item.get("phases_median_s")
@@ -553,7 +575,10 @@ def _print_w1(w1: dict[str, Any]) -> None:
             text = ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in phases.items())
             print(f"  {variant} phases (medians): {text}")
     for name, value in w1["ratios"].items():
-        print(f"  {name}: {value['median']:.2f} (medians), {value['min']:.2f} (fastest runs)")
+        print(
+            f"  {name}: {value['median']:.2f} (medians), {value['min']:.2f} (fastest runs), "
+            f"{value['median_cpu']:.2f} (median CPU times)"
+        )
     agreement_info = w1["agreement"]
     gap = agreement_info.get("cav-torch vs cav-keras max abs score diff")
     if gap is not None:
@@ -584,7 +609,8 @@ def _print_scaling(rows: list[dict[str, Any]]) -> None:
     print("\nscaling: cav-torch and floor wall time; each row changes one setting of W1")
     header = (
         f"{'axis':<12} {'value':>10} {'targets':>8} {'R':>3} {'batch':>5} {'cav s':>8} "
-        f"{'floor s':>8} {'cav/floor':>9}  cav phases: activations / fit CAVs / gradients s"
+        f"{'floor s':>8} {'cav/floor':>9} {'CPU ratio':>9}  "
+        "cav phases: activations / fit CAVs / gradients s"
     )
     print(header)
     print("-" * len(header))
@@ -594,7 +620,8 @@ def _print_scaling(rows: list[dict[str, Any]]) -> None:
         print(
             f"{row['axis']:<12} {row['value']:>10} {row['targets']:>8} {row['random_runs']:>3} "
             f"{row['batch_size']:>5} {_number(row.get('cav-torch_s')):>8} "
-            f"{_number(row.get('floor_s')):>8} {_number(row.get('cav / floor')):>9}  {phase_text}"
+            f"{_number(row.get('floor_s')):>8} {_number(row.get('cav / floor')):>9} "
+            f"{_number(row.get('cav / floor cpu')):>9}  {phase_text}"
         )
 
 

@@ -1,7 +1,7 @@
 """Smoke run of benchmarks/bench_tcav.py: every variant runs and the score checks hold.
 
-The smoke sizes (16 targets, 3 random sets of 12 images) make the timings meaningless; the
-test only checks that the benchmark runs end to end and that its cross-checks agree.
+The smoke sizes (16 targets, 3 random sets of 12 images) make the timings meaningless, so
+the test only checks that the benchmark runs end to end and that its cross-checks agree.
 """
 
 from __future__ import annotations
