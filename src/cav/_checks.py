@@ -47,7 +47,7 @@ def check_activations(name: str, array: object, min_rows: int = 2) -> np.ndarray
 
 
 def check_finite(name: str, array: np.ndarray) -> None:
-    """Raise :class:`NonFiniteError` if ``array`` holds NaN or infinite values."""
+    """Raise :class:`NonFiniteError` if ``array`` contains NaN or infinite values."""
     # A float64 sum of float32 values cannot overflow, and any NaN or infinity propagates
     # into it, so one reduction replaces an elementwise mask for the common case.
     if np.isfinite(array.sum(dtype=np.float64)):

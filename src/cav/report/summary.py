@@ -227,7 +227,7 @@ def _summarize_group(
     ttest: str,
     alpha: float,
 ) -> dict[str, object]:
-    """Summarise one group; ``matrix`` holds its scores, ``tested`` the tested statistic."""
+    """Summarise one group. ``matrix`` contains its scores and ``tested`` the tested statistic."""
     concept_scores = matrix[0, 1:]
     mean, sd, low, high = stats.mean_interval(concept_scores)
     if test == "calibrated":
