@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.metrics import balanced_accuracy_score
 
 import cav
 from cav.core.cav import METHODS, _split, pair_seed_of
@@ -83,6 +84,75 @@ def test_sample_space_fit_matches_raw_fit(rng, method):
     assert fitted.intercept == pytest.approx(
         reference.intercept_[0] / np.linalg.norm(weights), abs=tolerance * 10
     )
+
+
+def _raw_sgd_direction(concept, negatives, seed):
+    """Unit weights of sklearn's hinge-loss SGD fitted on the raw float64 activations."""
+    stacked = np.concatenate([concept, negatives]).astype(np.float64)
+    labels = np.r_[np.ones(len(concept)), np.zeros(len(negatives))].astype(int)
+    pair_seed = pair_seed_of(seed, "concept", "negative")
+    train, test = _split(labels, 0.33, pair_seed)
+    reference = SGDClassifier(
+        loss="hinge", alpha=0.01, max_iter=1000, tol=1e-3, random_state=pair_seed
+    ).fit(stacked[train], labels[train])
+    accuracy = balanced_accuracy_score(labels[test], reference.predict(stacked[test]))
+    return reference.coef_[0] / np.linalg.norm(reference.coef_[0]), accuracy
+
+
+def test_float32_activations_fit_the_float64_classifier(rng):
+    # Network activations are float32. The Gram products and the weights are then computed
+    # in float32; the direction must still be sklearn's on the float64 values, up to
+    # float32 rounding.
+    concept, negatives, _ = _planted_sets(rng, shift=1.0)
+    concept, negatives = concept.astype(np.float32), negatives.astype(np.float32)
+    fitted = cav.fit_cav(concept, negatives, method="sgd", seed=4)
+    expected, accuracy = _raw_sgd_direction(concept, negatives, seed=4)
+    assert fitted.direction.dtype == np.float64
+    assert np.abs(fitted.direction - expected).max() < 1e-5
+    assert fitted.accuracy == accuracy
+
+
+def test_repeated_images_fit_the_raw_classifier(rng):
+    # Every image appears twice, so the training Gram matrix is singular and has no
+    # Cholesky factor; the eigendecomposition path must give the same classifier.
+    concept, negatives, _ = _planted_sets(rng, shift=1.0)
+    concept = np.concatenate([concept[:30], concept[:30]])
+    negatives = np.concatenate([negatives[:30], negatives[:30]])
+    fitted = cav.fit_cav(concept, negatives, method="sgd", seed=9)
+    expected, accuracy = _raw_sgd_direction(concept, negatives, seed=9)
+    assert fitted.direction @ expected == pytest.approx(1.0, abs=1e-9)
+    assert fitted.accuracy == accuracy
+
+
+def test_heldout_accuracy_matches_raw_predictions(rng):
+    # The held-out decisions come from the Gram matrix; they must agree with sklearn's
+    # predictions on the raw activations of the held-out images.
+    # 100 dimensions for 80 training images: still fitted in the sample dimension, and
+    # the classes overlap enough that some held-out images are misclassified.
+    direction = rng.normal(size=100)
+    concept = rng.normal(size=(N_PER_SET, 100)) + 2.0 * direction / np.linalg.norm(direction)
+    negatives = rng.normal(size=(N_PER_SET, 100))
+    fitted = cav.fit_cav(concept, negatives, method="sgd", seed=1)
+    _, accuracy = _raw_sgd_direction(concept, negatives, seed=1)
+    assert 0.6 < accuracy < 0.9
+    assert fitted.accuracy == accuracy
+
+
+def test_one_constant_set_is_not_degenerate(rng):
+    # Only both sets being one and the same vector leaves the direction undefined.
+    constant = np.ones((N_PER_SET, WIDTH))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cav.WeakCAVWarning)
+        fitted = cav.fit_cav(constant, rng.normal(size=(N_PER_SET, WIDTH)), method="sgd")
+    assert not fitted.degenerate
+    assert np.isfinite(fitted.direction).all()
+
+
+def test_two_different_constant_sets_are_separable():
+    fitted = cav.fit_cav(np.ones((10, 8)), np.zeros((10, 8)), method="sgd")
+    assert not fitted.degenerate
+    np.testing.assert_allclose(fitted.direction, np.full(8, 8**-0.5), atol=1e-12)
+    assert fitted.accuracy == 1.0
 
 
 def test_intercept_never_enters_direction(rng):

@@ -5,14 +5,18 @@ concept's images (label 1) from those of a negative set (label 0) at one layer.
 
 When a pair has fewer images than activation dimensions, which is the usual case (a few
 hundred images against thousands of dimensions), the classifier is fitted in the sample
-dimension: with the Gram matrix ``K = A A^T = U S U^T`` of the training activations ``A``,
-the features ``Z = U S^(1/2)`` have the same inner products as ``A``. Logistic regression
-with an L2 penalty, hinge-loss SGD with an L2 penalty and the perceptron all depend on the
-data only through inner products, and they keep their weights in the span of the data.
-The classifier fitted on ``Z`` with coefficients ``beta`` is therefore the one fitted on
-``A``, with weights ``w = A^T U S^(-1/2) beta``. Its cost grows with the square of the number of
-images instead of with the layer width times the number of iterations, and the Gram
-blocks of image sets shared by several pairs are computed once (:func:`fit_cavs`).
+dimension. The Gram matrix of the training activations ``A`` has a Cholesky factor,
+``K = A A^T = L L^T``, so the rows of ``Z = L`` have the same inner products as the rows
+of ``A``. Logistic regression with an L2 penalty, hinge-loss SGD with an L2 penalty and
+the perceptron depend on the data only through inner products, and they keep their
+weights in the span of the data. The classifier fitted on ``Z``, with weights ``beta``,
+is therefore the one fitted on ``A``, with weights ``w = A^T c`` where ``L^T c = beta``.
+When ``K`` is singular (repeated images), ``Z`` comes from its eigenvectors instead.
+
+This costs the Gram products plus a fit whose size grows with the square of the number
+of images, not with the layer width times the number of iterations. The Gram blocks of
+image sets shared by several pairs are computed once (:func:`fit_cavs`), and the
+held-out images' decision values come from them too.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from scipy.linalg import solve_triangular
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, SGDClassifier
-from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import train_test_split
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from cav._checks import check_activations, check_choice
 from cav.errors import InvalidArgumentError, WeakCAVWarning
@@ -163,11 +168,11 @@ def fit_cavs(
     if not 0.0 <= holdout < 1.0:
         raise InvalidArgumentError(f"holdout={holdout!r} must lie in [0, 1)")
     checked = _check_pairs(activations, pairs)
-    gram = _GramBlocks(checked)
+    sets = _ImageSets(checked)
     cavs = []
     for concept, negative in pairs:
         pair_seed = pair_seed_of(seed, concept, negative)
-        cavs.append(_fit_pair(checked, gram, concept, negative, method, pair_seed, holdout, layer))
+        cavs.append(_fit_pair(sets, concept, negative, method, pair_seed, holdout, layer))
     return cavs
 
 
@@ -208,12 +213,24 @@ def _check_pairs(
     return checked
 
 
-class _GramBlocks:
-    """Inner products between image sets, computed on first use and kept."""
+class _ImageSets:
+    """The activation sets of one :func:`fit_cavs` call, and what is computed once per set.
+
+    The inner products between sets are computed on first use and kept, so a set shared
+    by several pairs costs one product per partner. Whether a set's rows are all one vector
+    is also kept.
+    """
 
     def __init__(self, activations: Mapping[str, np.ndarray]) -> None:
-        self._activations = activations
+        self.activations = activations
         self._blocks: dict[tuple[str, str], np.ndarray] = {}
+        self._constant: dict[str, bool] = {}
+        # The small per-pair problems (a few hundred samples) run on one BLAS thread:
+        # threaded BLAS only adds synchronisation there, and on a busy 2-core machine it
+        # made them about 40 times slower. The large Gram products keep every thread.
+        # Finding the loaded BLAS libraries reads /proc/self/maps, so it happens once
+        # per call, and each pair only enters the limit.
+        self.blas = ThreadpoolController()
 
     def block(self, first: str, second: str) -> np.ndarray:
         """Return ``A_first @ A_second.T`` in float64, of shape (n_first, n_second)."""
@@ -221,14 +238,14 @@ class _GramBlocks:
         if key not in self._blocks:
             if (second, first) in self._blocks:
                 return self._blocks[(second, first)].T
-            left = self._activations[first]
-            right = self._activations[second]
+            left = self.activations[first]
+            right = self.activations[second]
             dtype = np.result_type(left.dtype, right.dtype)
             product = left.astype(dtype, copy=False) @ right.astype(dtype, copy=False).T
             self._blocks[key] = product.astype(np.float64, copy=False)
         return self._blocks[key]
 
-    def pair(self, first: str, second: str) -> np.ndarray:
+    def pair_gram(self, first: str, second: str) -> np.ndarray:
         """Return the Gram matrix of the two sets stacked, first set's rows first."""
         return np.block(
             [
@@ -237,10 +254,26 @@ class _GramBlocks:
             ]
         )
 
+    def one_vector(self, first: str, second: str) -> bool:
+        """Return whether every row of both sets is the same vector."""
+        return (
+            self._is_constant(first)
+            and self._is_constant(second)
+            and np.array_equal(self.activations[first][0], self.activations[second][0])
+        )
+
+    def _is_constant(self, name: str) -> bool:
+        if name not in self._constant:
+            rows = self.activations[name]
+            # Comparing two rows first settles the usual case without a pass over the set.
+            self._constant[name] = len(rows) < 2 or bool(
+                np.array_equal(rows[1], rows[0]) and np.all(rows == rows[0])
+            )
+        return self._constant[name]
+
 
 def _fit_pair(
-    activations: Mapping[str, np.ndarray],
-    gram: _GramBlocks,
+    sets: _ImageSets,
     concept: str,
     negative: str,
     method: str,
@@ -248,50 +281,49 @@ def _fit_pair(
     holdout: float,
     layer: str | None,
 ) -> CAV:
-    concept_acts = activations[concept]
-    negative_acts = activations[negative]
+    concept_acts = sets.activations[concept]
+    negative_acts = sets.activations[negative]
     n_concept, n_negative = len(concept_acts), len(negative_acts)
     labels = np.concatenate([np.ones(n_concept, np.int64), np.zeros(n_negative, np.int64)])
     train, test = _split(labels, holdout, seed)
 
-    def describe(direction: np.ndarray, intercept: float, accuracy: float) -> CAV:
-        degenerate = not np.isfinite(direction).all()
-        if degenerate:
-            warnings.warn(
-                f"every activation of {concept!r} and {negative!r} at layer {layer!r} is the "
-                "same vector, so no direction separates them; the CAV and its scores are NaN",
-                WeakCAVWarning,
-                stacklevel=4,
-            )
-        return CAV(
-            direction=direction,
-            accuracy=accuracy,
-            method=method,
-            concept=concept,
-            negative=negative,
-            layer=layer,
-            n_concept=n_concept,
-            n_negative=n_negative,
-            seed=seed,
-            intercept=intercept,
-            degenerate=degenerate,
-        )
-
-    if method == "mean_difference":
-        weights, intercept = _mean_difference(concept_acts, negative_acts, labels, train)
-        return describe(*_finish(weights, intercept, concept_acts, negative_acts, labels, test))
-
-    n_train = len(train)
     width = concept_acts.shape[1]
-    if n_train < width:
-        pair_gram = gram.pair(concept, negative)
-        weights, intercept = _fit_dual(
-            pair_gram, concept_acts, negative_acts, labels, train, method, seed
+    if sets.one_vector(concept, negative):
+        weights, intercept, decisions = np.zeros(width), 0.0, np.zeros(len(test))
+    elif method == "mean_difference":
+        weights, intercept = _mean_difference(concept_acts, negative_acts, labels, train)
+        decisions = _decisions(weights, concept_acts, negative_acts, test)
+    elif len(train) < width:
+        weights, intercept, decisions = _fit_dual(
+            sets, concept, negative, labels, train, test, method, seed
         )
     else:
         stacked = np.concatenate([concept_acts, negative_acts]).astype(np.float64)
-        weights, intercept = _fit_primal(stacked, labels, train, method, seed)
-    return describe(*_finish(weights, intercept, concept_acts, negative_acts, labels, test))
+        weights, intercept = _fit_classifier(stacked[train], labels[train], method, seed)
+        decisions = _decisions(weights, concept_acts, negative_acts, test)
+    direction, unit_intercept, accuracy = _finish(weights, intercept, decisions, labels[test])
+
+    degenerate = not np.isfinite(direction).all()
+    if degenerate:
+        warnings.warn(
+            f"every activation of {concept!r} and {negative!r} at layer {layer!r} is the "
+            "same vector, so no direction separates them; the CAV and its scores are NaN",
+            WeakCAVWarning,
+            stacklevel=4,
+        )
+    return CAV(
+        direction=direction,
+        accuracy=accuracy,
+        method=method,
+        concept=concept,
+        negative=negative,
+        layer=layer,
+        n_concept=n_concept,
+        n_negative=n_negative,
+        seed=seed,
+        intercept=unit_intercept,
+        degenerate=degenerate,
+    )
 
 
 def _split(labels: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -332,41 +364,67 @@ def _fit_classifier(
 
 
 def _fit_dual(
-    pair_gram: np.ndarray,
-    concept_acts: np.ndarray,
-    negative_acts: np.ndarray,
+    sets: _ImageSets,
+    concept: str,
+    negative: str,
     labels: np.ndarray,
     train: np.ndarray,
+    test: np.ndarray,
     method: str,
     seed: int,
-) -> tuple[np.ndarray, float]:
-    train_gram = pair_gram[np.ix_(train, train)]
-    # The eigendecomposition and the fit solve small problems (a few hundred samples), on
-    # which threaded BLAS only adds synchronisation: on a busy 2-core machine it made them
-    # about 40 times slower. The large Gram products above keep every thread.
-    with threadpool_limits(limits=1, user_api="blas"):
-        eigenvalues, eigenvectors = np.linalg.eigh(train_gram)
-        largest = eigenvalues[-1]
-        if largest <= 0.0:
-            return np.zeros(concept_acts.shape[1]), 0.0
-        keep = eigenvalues > largest * _EIGENVALUE_CUTOFF
-        scale = np.sqrt(eigenvalues[keep])
-        basis = eigenvectors[:, keep]
-        features = basis * scale
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Fit the classifier in the sample dimension, as the module docstring describes.
+
+    Returns the weights, the intercept and the decision values ``a @ weights`` of the
+    held-out images. The decision values come from the Gram matrix, not from ``a``.
+    """
+    pair_gram = sets.pair_gram(concept, negative)
+    with sets.blas.limit(limits=1, user_api="blas"):
+        features, to_coefficients = _gram_features(pair_gram[np.ix_(train, train)])
         beta, intercept = _fit_classifier(features, labels[train], method, seed)
+        # The weights are w = A_train^T coefficients: one coefficient per training image.
+        train_coefficients = to_coefficients(beta)
+    decisions = pair_gram[np.ix_(test, train)] @ train_coefficients
 
-    # w = A_train^T U S^(-1/2) beta, written as one coefficient per image of each set.
     coefficients = np.zeros(len(labels))
-    coefficients[train] = basis @ (beta / scale)
-    n_concept = len(concept_acts)
-    weights = coefficients[:n_concept] @ concept_acts + coefficients[n_concept:] @ negative_acts
-    return np.asarray(weights, dtype=np.float64), intercept
+    coefficients[train] = train_coefficients
+    n_concept = len(sets.activations[concept])
+    weights = np.zeros(sets.activations[concept].shape[1])
+    for rows, acts in (
+        (coefficients[:n_concept], sets.activations[concept]),
+        (coefficients[n_concept:], sets.activations[negative]),
+    ):
+        # In the activations' own dtype, because a float64 vector makes numpy copy a float32
+        # (n, d) matrix to float64 first: about ten times the cost of the product itself.
+        weights += rows.astype(acts.dtype) @ acts
+    return weights, intercept, decisions
 
 
-def _fit_primal(
-    stacked: np.ndarray, labels: np.ndarray, train: np.ndarray, method: str, seed: int
-) -> tuple[np.ndarray, float]:
-    return _fit_classifier(stacked[train], labels[train], method, seed)
+def _gram_features(train_gram: np.ndarray) -> tuple[np.ndarray, Any]:
+    """Return features ``Z`` with ``Z Z^T = train_gram`` and a map from weights to coefficients.
+
+    The map takes weights on ``Z`` to one coefficient per training image. ``Z`` is the
+    Cholesky factor when the matrix is positive definite, the usual case with fewer images
+    than dimensions. Otherwise it is built from the eigenvectors whose eigenvalues exceed
+    the float32 rounding of the largest.
+    """
+    try:
+        factor = np.linalg.cholesky(train_gram)
+    except np.linalg.LinAlgError:
+        pass
+    else:
+        # w = A^T L^(-T) beta, so the coefficients solve L^T c = beta.
+        return factor, lambda beta: solve_triangular(factor, beta, trans="T", lower=True)
+    eigenvalues, eigenvectors = np.linalg.eigh(train_gram)
+    largest = float(eigenvalues[-1])
+    if largest <= 0.0:
+        # Every training activation is zero, and so are the features and the weights.
+        n_train = len(train_gram)
+        return np.zeros((n_train, 1)), lambda beta: np.zeros(n_train)
+    keep = eigenvalues > largest * _EIGENVALUE_CUTOFF
+    scale = np.sqrt(eigenvalues[keep])
+    basis = eigenvectors[:, keep]
+    return basis * scale, lambda beta: basis @ (beta / scale)
 
 
 def _mean_difference(
@@ -383,32 +441,35 @@ def _mean_difference(
     return weights, intercept
 
 
+def _decisions(
+    weights: np.ndarray, concept_acts: np.ndarray, negative_acts: np.ndarray, test: np.ndarray
+) -> np.ndarray:
+    """Return ``a @ weights`` for the held-out images ``test`` of the stacked sets."""
+    n_concept = len(concept_acts)
+    return np.concatenate(
+        [
+            concept_acts[test[test < n_concept]] @ weights,
+            negative_acts[test[test >= n_concept] - n_concept] @ weights,
+        ]
+    )
+
+
 def _finish(
-    weights: np.ndarray,
-    intercept: float,
-    concept_acts: np.ndarray,
-    negative_acts: np.ndarray,
-    labels: np.ndarray,
-    test: np.ndarray,
+    weights: np.ndarray, intercept: float, decisions: np.ndarray, test_labels: np.ndarray
 ) -> tuple[np.ndarray, float, float]:
     """Normalise the weights and measure balanced accuracy on the held-out images."""
     norm = float(np.linalg.norm(weights))
-    if norm == 0.0 or _all_rows_equal(concept_acts, negative_acts):
+    if norm == 0.0:
         return np.full(weights.shape, np.nan), float("nan"), float("nan")
     direction = weights / norm
     unit_intercept = intercept / norm
-    if len(test) == 0:
+    if len(test_labels) == 0:
         return direction, unit_intercept, float("nan")
-    n_concept = len(concept_acts)
-    test_concept = test[test < n_concept]
-    test_negative = test[test >= n_concept] - n_concept
-    decision = np.concatenate(
-        [concept_acts[test_concept] @ direction, negative_acts[test_negative] @ direction]
-    )
-    predicted = (decision + unit_intercept > 0).astype(np.int64)
-    return direction, unit_intercept, float(balanced_accuracy_score(labels[test], predicted))
-
-
-def _all_rows_equal(concept_acts: np.ndarray, negative_acts: np.ndarray) -> bool:
-    reference = concept_acts[0]
-    return bool(np.all(concept_acts == reference) and np.all(negative_acts == reference))
+    predicted = (decisions + intercept > 0).astype(np.int64)
+    # Balanced accuracy: the mean over the classes present of the share predicted right.
+    recalls = [
+        np.mean(predicted[test_labels == value] == value)
+        for value in (0, 1)
+        if np.any(test_labels == value)
+    ]
+    return direction, unit_intercept, float(np.mean(recalls))
