@@ -10,6 +10,7 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.metrics import balanced_accuracy_score
 
 import cav
+from cav._checks import check_activations
 from cav.core.cav import METHODS, _split, pair_seed_of
 
 WIDTH = 400
@@ -290,3 +291,12 @@ def test_positive_scaling_leaves_scores(rng):
     score = cav.tcav_score(cav.directional_derivatives(gradients, plain))
     assert cav.tcav_score(cav.directional_derivatives(gradients, scaled)) == score
     assert cav.tcav_score(cav.directional_derivatives(gradients * 3.0, plain)) == score
+
+
+def test_finite_check_survives_overflowing_sum():
+    # The sum of these float32 values overflows to infinity, yet every value is finite.
+    large = np.full((4, 3), 3e38, dtype=np.float32)
+    assert check_activations("activations", large) is large
+    large[1, 2] = np.inf
+    with pytest.raises(cav.NonFiniteError, match="1 NaN or infinite values out of 12"):
+        check_activations("activations", large)
