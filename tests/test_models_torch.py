@@ -360,13 +360,35 @@ def test_dropout_inactive_in_passes(images: np.ndarray) -> None:
     assert np.allclose(adapter.predict(images)[:, 1], expected, rtol=1e-12)
 
 
-def test_inplace_relu_keeps_activations(images: np.ndarray) -> None:
+@pytest.mark.parametrize("batch_size", [64, 2])
+def test_inplace_relu_keeps_activations(images: np.ndarray, batch_size: int) -> None:
+    # The ReLU after the layer changes its output in place. The first batch detects the
+    # change and runs again with a copy, and later batches copy from the start.
     model = split_model()
-    acts = cav.wrap(model).activations(images, "encoder.0")["encoder.0"]
+    adapter = cav.wrap(model)
+    acts = adapter.activations(images, "encoder.0", batch_size=batch_size)["encoder.0"]
     with torch.no_grad():
         expected = model.encoder[0](torch.as_tensor(images)).flatten(1).numpy()
     assert (expected < 0).any()
     assert np.array_equal(acts, expected)
+    again = adapter.activations(images, "encoder.0", batch_size=batch_size)["encoder.0"]
+    assert np.array_equal(again, expected)
+
+
+def test_outputs_pass_on_uncopied(inputs: np.ndarray) -> None:
+    # Without in-place operations, the module after the layer receives the captured tensor
+    # itself in a pass without gradients, and a copy in a gradient pass.
+    model = linear_head_model(1, nn.Sigmoid())
+    produced, received = [], []
+    model[0].register_forward_hook(lambda _m, _i, output: produced.append(output.data_ptr()))
+    model[1].register_forward_pre_hook(lambda _m, args: received.append(args[0].data_ptr()))
+    adapter = cav.wrap(model)
+    adapter.activations(inputs, "0")
+    assert received == produced
+    produced.clear()
+    received.clear()
+    adapter.gradients(inputs, "0", target=1)
+    assert received[0] != produced[0]
 
 
 def test_frozen_model_still_differentiates(inputs: np.ndarray) -> None:
