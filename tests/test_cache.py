@@ -219,6 +219,18 @@ def test_other_method_refits_only(setting, tmp_path, fit_calls):
     )
 
 
+def test_other_fit_revision_refits_only(setting, tmp_path, fit_calls, monkeypatch):
+    # CAVs stored by another revision of the fitting code are fitted again, and the
+    # activations still come from the cache.
+    run(setting, tmp_path)
+    monkeypatch.setattr(run_module, "FIT_REVISION", run_module.FIT_REVISION + 1)
+    counting = CountingAdapter(cav.wrap(setting[0]))
+    run(setting, tmp_path, adapter=counting)
+    assert counting.activation_calls == []
+    assert len(fit_calls) == 2
+    assert fit_calls[1] == fit_calls[0]
+
+
 def test_other_seed_refits(setting, tmp_path, fit_calls):
     run(
         setting,

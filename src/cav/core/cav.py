@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import sklearn
-from scipy.linalg import solve_triangular
+from scipy.linalg import LinAlgWarning, solve_triangular
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.model_selection import train_test_split
@@ -42,6 +42,12 @@ from cav.errors import InvalidArgumentError, WeakCAVWarning
 logger = logging.getLogger(__name__)
 
 METHODS = ("logistic", "sgd", "perceptron", "mean_difference")
+
+FIT_REVISION = 2
+"""Revision of the fitting code. It enters the cache keys of CAVs, so CAVs that an older
+revision stored are fitted again: revision 2 (Cholesky features, Newton-Cholesky logistic
+regression) gives directions whose cosine with revision 1's is 1 - 2e-5 or closer on the
+benchmark CNN."""
 
 # Eigenvalues of a Gram matrix below this fraction of the largest are rounding noise of the
 # float32 products that built it, not directions that the data spans.
@@ -109,7 +115,8 @@ def fit_cav(
     negative_activations : numpy.ndarray of shape (n_n, d)
         Activations of the negative (random) images at the same layer.
     method : {"logistic", "sgd", "perceptron", "mean_difference"}
-        ``"logistic"``: L2-penalised logistic regression (C = 1). ``"sgd"``: linear SVM
+        ``"logistic"``: L2-penalised logistic regression (C = 1), solved to its minimum
+        by Newton-Cholesky steps. ``"sgd"``: linear SVM
         by stochastic gradient descent (hinge loss, alpha = 0.01, up to 1,000 epochs,
         tol = 1e-3), the choice of the TCAV reference implementations. ``"perceptron"``:
         unpenalised perceptron with a constant learning rate of 1, the cav-keras choice.
@@ -346,7 +353,11 @@ def _split(labels: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, n
 
 def _make_classifier(method: str, seed: int) -> LogisticRegression | SGDClassifier:
     if method == "logistic":
-        return LogisticRegression(C=1.0, max_iter=1000)
+        # The penalised loss has one minimum, and Newton steps reach it in a few iterations
+        # on the few hundred features of a sample-dimension fit. On the benchmark CNN's
+        # layers they were 1.7 times faster than L-BFGS at its default tolerance, and their
+        # directions were within 1e-11 of the minimum's in cosine, against 6e-5 for L-BFGS.
+        return LogisticRegression(C=1.0, max_iter=1000, tol=1e-8, solver="newton-cholesky")
     if method == "sgd":
         return SGDClassifier(loss="hinge", alpha=0.01, max_iter=1000, tol=1e-3, random_state=seed)
     return SGDClassifier(
@@ -362,6 +373,9 @@ def _fit_classifier(
         # Slow convergence on separable data is common and harmless for the direction;
         # it is logged instead of shown to the user.
         warnings.simplefilter("ignore", ConvergenceWarning)
+        # On an ill-conditioned Hessian (such as all-zero features), scikit-learn's Newton
+        # solver warns and finishes with L-BFGS, which needs nothing from the user.
+        warnings.simplefilter("ignore", LinAlgWarning)
         classifier.fit(features, labels)
     if getattr(classifier, "n_iter_", None) is not None:
         logger.debug("%s classifier ran %s iterations", method, classifier.n_iter_)

@@ -26,7 +26,7 @@ from threadpoolctl import ThreadpoolController
 
 import cav
 from cav._checks import check_choice
-from cav.core.cav import CAV, METHODS, fit_cavs
+from cav.core.cav import CAV, FIT_REVISION, METHODS, fit_cavs
 from cav.core.scores import directional_derivatives, magnitude_score, tcav_score, zero_fraction
 from cav.core.stats import CORRECTIONS, STATISTICS, TESTS, TTEST_VARIANTS
 from cav.errors import (
@@ -352,6 +352,7 @@ class _CacheContext:
             seed=seed,
             holdout=holdout,
             cav_version=cav.__version__,
+            fit_revision=FIT_REVISION,
             sklearn_version=_sklearn_version(),
         )
 
