@@ -106,10 +106,12 @@ def prepare_workload(spec: WorkloadSpec, path: Path) -> dict[str, float]:
     trained = time.perf_counter()
     arrays = {f"weight_{i}": weight for i, weight in enumerate(weights)}
     np.savez(path, **images, **arrays)
+    model_step = "training" if spec.train_images > 0 else "model built (not trained)"
     logger.info(
-        "workload written to %s: images %.1f s, training %.1f s",
+        "workload written to %s: images %.1f s, %s %.1f s",
         path,
         loaded - start,
+        model_step,
         trained - loaded,
     )
     return {"load_images_s": loaded - start, "train_model_s": trained - loaded}

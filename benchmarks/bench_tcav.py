@@ -83,18 +83,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--suite",
         nargs="+",
         default=["w1", "check"],
         choices=[*SUITES, "all"],
-        help="what to run (default: w1 check; 'all' adds scaling and memory)",
+        help="what to run; 'all' adds scaling and memory",
     )
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=VARIANTS,
+        help="variants of the w1 suite",
+    )
 
-    parser.add_argument("--targets", type=int, default=1000, help="target images (default 1000)")
+    parser.add_argument("--targets", type=int, default=1000, help="target images")
     parser.add_argument(
         "--random-runs", type=int, default=20, help="random sets R: R concept and R null runs"
     )
@@ -108,7 +115,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--data-dir",
         default=os.environ.get("CAV_TEST_DATA_DIR", str(DEFAULT_DATA_DIR)),
-        help="folder with cifar-10-jpg.tar.gz and cifar-100-jpg.tar.gz",
+        help="folder with cifar-10-jpg.tar.gz and cifar-100-jpg.tar.gz; "
+        "$CAV_TEST_DATA_DIR sets the default",
     )
     parser.add_argument("--synthetic", action="store_true", help="uniform-noise images, no data")
     parser.add_argument(
@@ -122,18 +130,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--keras-backend",
         default=os.environ.get("KERAS_BACKEND", "torch"),
         choices=["torch", "tensorflow", "jax"],
-        help="Keras backend of the cav-keras variant (default: torch)",
+        help="Keras backend of the cav-keras variant; $KERAS_BACKEND sets the default",
     )
-    parser.add_argument("--scaling-targets", type=int, nargs="+", default=[250, 500, 1000, 2000])
-    parser.add_argument("--scaling-random-runs", type=int, nargs="+", default=[5, 10, 20])
-    parser.add_argument("--scaling-batch-sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument(
+        "--scaling-targets",
+        type=int,
+        nargs="+",
+        default=[250, 500, 1000, 2000],
+        help="target counts of the scaling suite",
+    )
+    parser.add_argument(
+        "--scaling-random-runs",
+        type=int,
+        nargs="+",
+        default=[5, 10, 20],
+        help="values of R in the scaling suite",
+    )
+    parser.add_argument(
+        "--scaling-batch-sizes",
+        type=int,
+        nargs="+",
+        default=[64, 256],
+        help="batch sizes of the scaling suite (it also runs each of --layers alone)",
+    )
     parser.add_argument("--scaling-repeats", type=int, default=1, help="timed runs per row")
-    parser.add_argument("--memory-targets", type=int, nargs="+", default=[2000, 5000, 10000])
+    parser.add_argument(
+        "--memory-targets",
+        type=int,
+        nargs="+",
+        default=[2000, 5000, 10000],
+        help="target counts of the memory suite",
+    )
     parser.add_argument("--memory-layer", type=int, default=1, help="layer of the memory suite")
 
     parser.add_argument("--json", help="write every measurement to this JSON file")
-    parser.add_argument("--workdir", help="folder for the workload file (default: a temp folder)")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (under a minute)")
+    parser.add_argument("--workdir", help="folder for the workload file; None: a temporary folder")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes and random weights, for CI (under a minute); overrides the sizes above",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess")
 
     # Internal: run one variant and write its measurement (used by the subprocesses).
@@ -143,6 +179,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if "all" in args.suite:
         args.suite = list(SUITES)
+    archive = Path(args.data_dir) / "cifar-10-jpg.tar.gz"
+    if not args.worker and not args.synthetic and not archive.exists():
+        parser.error(
+            f"--data-dir {args.data_dir}: {archive.name} not found there; name the folder "
+            "with the CIFAR archives, or pass --synthetic for noise images"
+        )
     return args
 
 
@@ -192,6 +234,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "repeats": args.repeats,
                 "batch_size": args.batch_size,
                 "keras_backend": args.keras_backend,
+                "smoke": args.smoke,
             },
             "preparation_s": preparation,
             "failures": [],
@@ -534,7 +577,7 @@ def print_report(report: dict[str, Any]) -> None:
     end = _load(machine.get("load_average_end"))
     print(f"load average (1, 5, 15 min): start {start}, end {end}")
     if "w1" in report:
-        _print_w1(report["w1"])
+        _print_w1(report["w1"], smoke=report["settings"].get("smoke", False))
     if "check" in report and report["check"] is not None:
         _print_check(report["check"])
     if "scaling" in report:
@@ -552,7 +595,9 @@ def _load(values: Any) -> str:
     return "-" if values is None else " ".join(f"{value:.2f}" for value in values)
 
 
-def _print_w1(w1: dict[str, Any]) -> None:
+def _print_w1(w1: dict[str, Any], smoke: bool = False) -> None:
+    if smoke:
+        print("\nsmoke sizes and random weights, not W1: the times and ratios mean nothing")
     print("\nW1: median wall time of one TCAV experiment, each run in a fresh process")
     header = (
         f"{'variant':<10} {'runs':>4} {'median s':>9} {'min s':>8} {'max s':>8} "

@@ -72,3 +72,15 @@ def test_smoke_captum_scores_match(smoke_report: dict[str, Any]) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("captum") is None, reason="captum not installed")
 def test_smoke_times_captum(smoke_report: dict[str, Any]) -> None:
     assert smoke_report["w1"]["summary"]["captum"]["runs"] == 1
+
+
+def test_missing_data_dir_is_named(tmp_path: Path) -> None:
+    command = [sys.executable, str(BENCHMARK), "--smoke", "--data-dir", str(tmp_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 2
+    assert f"--data-dir {tmp_path}: cifar-10-jpg.tar.gz not found" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_smoke_report_marks_smoke(smoke_report: dict[str, Any]) -> None:
+    assert smoke_report["settings"]["smoke"] is True
