@@ -101,9 +101,8 @@ def _raw_sgd_direction(concept, negatives, seed):
 
 
 def test_float32_activations_fit_the_float64_classifier(rng):
-    # Network activations are float32. The Gram products and the weights are then computed
-    # in float32; the direction must still be sklearn's on the float64 values, up to
-    # float32 rounding.
+    # Network activations are float32, so the Gram products and the weights are computed in
+    # float32. The direction must still be sklearn's on the float64 values, up to rounding.
     concept, negatives, _ = _planted_sets(rng, shift=1.0)
     concept, negatives = concept.astype(np.float32), negatives.astype(np.float32)
     fitted = cav.fit_cav(concept, negatives, method="sgd", seed=4)
@@ -115,7 +114,7 @@ def test_float32_activations_fit_the_float64_classifier(rng):
 
 def test_repeated_images_fit_the_raw_classifier(rng):
     # Every image appears twice, so the training Gram matrix is singular and has no
-    # Cholesky factor; the eigendecomposition path must give the same classifier.
+    # Cholesky factor. The eigendecomposition path must give the same classifier.
     concept, negatives, _ = _planted_sets(rng, shift=1.0)
     concept = np.concatenate([concept[:30], concept[:30]])
     negatives = np.concatenate([negatives[:30], negatives[:30]])
@@ -126,7 +125,7 @@ def test_repeated_images_fit_the_raw_classifier(rng):
 
 
 def test_heldout_accuracy_matches_raw_predictions(rng):
-    # The held-out decisions come from the Gram matrix; they must agree with sklearn's
+    # The held-out decisions come from the Gram matrix. They must agree with sklearn's
     # predictions on the raw activations of the held-out images.
     # 100 dimensions for 80 training images: still fitted in the sample dimension, and
     # the classes overlap enough that some held-out images are misclassified.

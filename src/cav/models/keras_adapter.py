@@ -308,6 +308,8 @@ class KerasAdapter(ModelAdapter):
         for layer in model.layers:
             digest.update(f"{layer.name} {type(layer).__name__}\n".encode())
         try:
+            # NOTE: get_config() imports TensorFlow when it is installed, even on the torch
+            # backend. That cost 1.6 s on the first call of a process on the 2-core test machine.
             config = json.dumps(model.get_config(), sort_keys=True, default=str)
         except (NotImplementedError, TypeError, ValueError):
             config = ""

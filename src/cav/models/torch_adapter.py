@@ -293,6 +293,9 @@ class TorchAdapter(ModelAdapter):
                         handles.append(module.register_forward_hook(recorder.leaf_hook))
                 grad_mode = torch.enable_grad() if objective is not None else torch.no_grad()
                 with grad_mode:
+                    # NOTE: even without gradients, the pass runs to the model's output, which
+                    # checks that each layer runs once and finds the class count. Stopping
+                    # after the deepest requested layer would save the rest of the network.
                     output = select_output(model(batch), self._output_key)
                     recorder.check_layers_ran()
                     head = recorder.head(output)
