@@ -10,7 +10,10 @@ from hypothesis.extra.numpy import arrays
 
 import cav
 
-finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)
+# Subnormal values are left out: scaled by 1e-3 they can round to zero and lose their sign.
+finite = st.floats(
+    min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False, allow_subnormal=False
+)
 nonzero = finite.filter(lambda value: abs(value) > 1e-6)
 derivative_vectors = arrays(np.float64, st.integers(1, 40), elements=finite)
 nonzero_vectors = arrays(np.float64, st.integers(1, 40), elements=nonzero)
