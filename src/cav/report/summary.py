@@ -67,6 +67,40 @@ def make_table(rows: Sequence[Mapping[str, object]], columns: Mapping[str, str])
     )
 
 
+def _run_values(
+    runs: pd.DataFrame,
+    concept: str,
+    layer: str,
+    target: int,
+    random_names: Sequence[str],
+    column: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return one column of the runs as concept values and a null-run matrix.
+
+    Returns
+    -------
+    concept_values : numpy.ndarray of shape (R,)
+        The concept's run against each random set, in sorted name order; NaN where missing.
+    null_values : numpy.ndarray of shape (R, R)
+        Entry (i, j) is the null run of random set i against random set j; NaN where missing.
+    """
+    names = sorted(random_names)
+    position = {name: index for index, name in enumerate(names)}
+    n_random = len(names)
+    at = (runs["layer"] == layer) & (runs["target"] == target)
+
+    concept_values = np.full(n_random, np.nan)
+    concept_rows = runs[at & (runs["kind"] == "concept") & (runs["concept"] == concept)]
+    for negative, value in concept_rows[["negative", column]].itertuples(index=False):
+        concept_values[position[negative]] = value
+
+    null_values = np.full((n_random, n_random), np.nan)
+    null_rows = runs[at & (runs["kind"] == "null")]
+    for first, second, value in null_rows[["concept", "negative", column]].itertuples(index=False):
+        null_values[position[first], position[second]] = value
+    return concept_values, null_values
+
+
 def cosine_matrix(
     runs: pd.DataFrame, concept: str, layer: str, target: int, random_names: Sequence[str]
 ) -> np.ndarray:
@@ -78,20 +112,7 @@ def cosine_matrix(
     -------
     numpy.ndarray of shape (R + 1, R + 1)
     """
-    names = sorted(random_names)
-    position = {name: index for index, name in enumerate(names)}
-    n_random = len(names)
-    at = (runs["layer"] == layer) & (runs["target"] == target)
-    concept_values = np.full(n_random, np.nan)
-    concept_rows = runs[at & (runs["kind"] == "concept") & (runs["concept"] == concept)]
-    for negative, value in concept_rows[["negative", "cosine"]].itertuples(index=False):
-        concept_values[position[negative]] = value
-    null_values = np.full((n_random, n_random), np.nan)
-    null_rows = runs[at & (runs["kind"] == "null")]
-    for first, second, value in null_rows[["concept", "negative", "cosine"]].itertuples(
-        index=False
-    ):
-        null_values[position[first], position[second]] = value
+    concept_values, null_values = _run_values(runs, concept, layer, target, random_names, "cosine")
     return stats.antisymmetric_matrix(concept_values, null_values)
 
 
@@ -107,28 +128,8 @@ def score_matrix(
     -------
     numpy.ndarray of shape (R + 1, R + 1)
     """
-    names = sorted(random_names)
-    position = {name: index for index, name in enumerate(names)}
-    n_random = len(names)
-    at = (runs["layer"] == layer) & (runs["target"] == target)
-
-    concept_scores = np.full(n_random, np.nan)
-    concept_zero = np.full(n_random, np.nan)
-    concept_rows = runs[at & (runs["kind"] == "concept") & (runs["concept"] == concept)]
-    for negative, score, zero in concept_rows[["negative", "score", "zero_share"]].itertuples(
-        index=False
-    ):
-        concept_scores[position[negative]] = score
-        concept_zero[position[negative]] = zero
-
-    null_scores = np.full((n_random, n_random), np.nan)
-    null_zero = np.full((n_random, n_random), np.nan)
-    null_rows = runs[at & (runs["kind"] == "null")]
-    for first, second, score, zero in null_rows[
-        ["concept", "negative", "score", "zero_share"]
-    ].itertuples(index=False):
-        null_scores[position[first], position[second]] = score
-        null_zero[position[first], position[second]] = zero
+    concept_scores, null_scores = _run_values(runs, concept, layer, target, random_names, "score")
+    concept_zero, null_zero = _run_values(runs, concept, layer, target, random_names, "zero_share")
     return stats.round_robin_matrix(concept_scores, concept_zero, null_scores, null_zero)
 
 
