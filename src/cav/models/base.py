@@ -615,7 +615,7 @@ class ModelAdapter(abc.ABC):
         labels: Any,
         batch_size: int,
     ) -> tuple[int, Iterator[dict[str, np.ndarray]]]:
-        """Check the arguments now; return the number of inputs and the batch iterator."""
+        """Check the arguments now, then return the number of inputs and the batch iterator."""
         if output not in OUTPUTS:
             raise InvalidArgumentError(f"output={output!r} is not valid; use one of {OUTPUTS}")
         target = as_index(target, "target")

@@ -267,7 +267,7 @@ class TorchAdapter(ModelAdapter):
         copy = objective is not None or self._copy_outputs
         result, recorder = self._forward_once(batch, layers, objective, copy)
         if not copy and recorder.changed_in_place():
-            logger.debug("an in-place operation changed a captured output; copying them")
+            logger.debug("an in-place operation changed a captured output, so outputs are copied")
             self._copy_outputs = True
             result, recorder = self._forward_once(batch, layers, objective, copy=True)
         return result
@@ -448,7 +448,7 @@ class _Recorder:
 def _version_of(tensor: torch.Tensor) -> int | None:
     """Return the tensor's version counter, which in-place operations increment.
 
-    Tensors made in ``torch.inference_mode`` have none; then None is returned.
+    Tensors made in ``torch.inference_mode`` have none, and then None is returned.
     """
     try:
         return int(tensor._version)

@@ -485,8 +485,8 @@ def _stream_derivatives(
         item.inputs, layers, item.target, output=output, labels=item.labels, batch_size=batch_size
     )
     n_batches = -(-n_inputs // batch_size)
-    # One float64 buffer per layer, reused by every batch: the products and norms are taken
-    # in float64, and a fresh float64 copy of each batch would cost a page fault per 4 KiB.
+    # One float64 buffer per layer is reused by every batch. The products and norms are
+    # taken in float64, and a fresh float64 copy of each batch would cost page faults.
     buffers: dict[str, np.ndarray] = {}
     # The projections are small products that alternate with the model's passes. With
     # several BLAS threads, the idle BLAS threads spin while the model's threads work: on
