@@ -25,6 +25,7 @@ import logging
 import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -177,13 +178,37 @@ def fit_cavs(
         raise InvalidArgumentError(f"holdout={holdout!r} must lie in [0, 1)")
     checked = _check_pairs(activations, pairs)
     sets = _ImageSets(checked)
+    seeds = [pair_seed_of(seed, concept, negative) for concept, negative in pairs]
+    solutions = _solve_pairs(sets, pairs, method, seeds, holdout)
+
     cavs = []
-    # The activations were checked above and the classifiers' settings are constants, so
-    # scikit-learn's own checks are skipped. They cost about 0.2 s for 160 pairs.
-    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-        for concept, negative in pairs:
-            pair_seed = pair_seed_of(seed, concept, negative)
-            cavs.append(_fit_pair(sets, concept, negative, method, pair_seed, holdout, layer))
+    for (concept, negative), pair_seed, solution in zip(pairs, seeds, solutions, strict=True):
+        direction, unit_intercept, accuracy = _finish(
+            solution.weights, solution.intercept, solution.decisions, solution.test_labels
+        )
+        degenerate = not np.isfinite(direction).all()
+        if degenerate:
+            warnings.warn(
+                f"every activation of {concept!r} and {negative!r} at layer {layer!r} is the "
+                "same vector, so no direction separates them; the CAV and its scores are NaN",
+                WeakCAVWarning,
+                stacklevel=3,
+            )
+        cavs.append(
+            CAV(
+                direction=direction,
+                accuracy=accuracy,
+                method=method,
+                concept=concept,
+                negative=negative,
+                layer=layer,
+                n_concept=len(checked[concept]),
+                n_negative=len(checked[negative]),
+                seed=pair_seed,
+                intercept=unit_intercept,
+                degenerate=degenerate,
+            )
+        )
     return cavs
 
 
@@ -235,13 +260,29 @@ class _ImageSets:
     def __init__(self, activations: Mapping[str, np.ndarray]) -> None:
         self.activations = activations
         self._blocks: dict[tuple[str, str], np.ndarray] = {}
-        self._constant: dict[str, bool] = {}
+        self._constant = {name: _is_constant(rows) for name, rows in activations.items()}
         # The small per-pair problems (a few hundred samples) run on one BLAS thread:
         # threaded BLAS only adds synchronisation there, and on a busy 2-core machine it
         # made them about 40 times slower. The large Gram products keep every thread.
         # Finding the loaded BLAS libraries reads /proc/self/maps, so it happens once
         # per call, and each pair only enters the limit.
         self.blas = ThreadpoolController()
+
+    def blas_threads(self) -> int:
+        """Return the number of threads that the loaded BLAS libraries may use, at least 1."""
+        counts = [info["num_threads"] for info in self.blas.select(user_api="blas").info()]
+        return max([1, *counts])
+
+    def labels(self, concept: str, negative: str) -> np.ndarray:
+        """Return the labels of the two sets stacked: 1 for the concept, 0 for the negative."""
+        n_concept, n_negative = len(self.activations[concept]), len(self.activations[negative])
+        return np.concatenate([np.ones(n_concept, np.int64), np.zeros(n_negative, np.int64)])
+
+    def compute_blocks(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Compute the Gram blocks of ``pairs`` now, so that fits on threads only read them."""
+        for first, second in pairs:
+            for key in ((first, first), (first, second), (second, second)):
+                self.block(*key)
 
     def block(self, first: str, second: str) -> np.ndarray:
         """Return ``A_first @ A_second.T`` in float64, of shape (n_first, n_second)."""
@@ -270,73 +311,125 @@ class _ImageSets:
     def one_vector(self, first: str, second: str) -> bool:
         """Return whether every row of both sets is the same vector."""
         return (
-            self._is_constant(first)
-            and self._is_constant(second)
+            self._constant[first]
+            and self._constant[second]
             and np.array_equal(self.activations[first][0], self.activations[second][0])
         )
 
-    def _is_constant(self, name: str) -> bool:
-        if name not in self._constant:
-            rows = self.activations[name]
-            # Comparing two rows first settles the usual case without a pass over the set.
-            self._constant[name] = len(rows) < 2 or bool(
-                np.array_equal(rows[1], rows[0]) and np.all(rows == rows[0])
-            )
-        return self._constant[name]
+
+def _is_constant(rows: np.ndarray) -> bool:
+    # Comparing two rows first settles the usual case without a pass over the set.
+    return len(rows) < 2 or bool(np.array_equal(rows[1], rows[0]) and np.all(rows == rows[0]))
 
 
-def _fit_pair(
+@dataclass
+class _Solution:
+    """A fitted pair before its weights are normalised: the classifier's weights (d,) and
+    intercept, and the decision values and labels of the held-out images."""
+
+    weights: np.ndarray
+    intercept: float
+    decisions: np.ndarray
+    test_labels: np.ndarray
+
+
+def _solve_pairs(
+    sets: _ImageSets,
+    pairs: Sequence[tuple[str, str]],
+    method: str,
+    seeds: Sequence[int],
+    holdout: float,
+) -> list[_Solution]:
+    """Fit every pair, on as many threads as BLAS may use, each with one BLAS thread.
+
+    The Gram blocks are computed first, with every BLAS thread. The per-pair fits are
+    small (a few hundred samples): on one thread each, several run at once, and
+    scikit-learn's SGD and numpy's linear algebra release the GIL while they work.
+    """
+    splits = [
+        _split(sets.labels(concept, negative), holdout, seed)
+        for (concept, negative), seed in zip(pairs, seeds, strict=True)
+    ]
+    duals = [
+        index
+        for index, ((concept, negative), (train, _)) in enumerate(zip(pairs, splits, strict=True))
+        if _fits_in_sample_dimension(sets, concept, negative, method, train)
+    ]
+    sets.compute_blocks([pairs[index] for index in duals])
+
+    def solve(index: int) -> _Solution:
+        concept, negative = pairs[index]
+        train, test = splits[index]
+        return _solve_pair(sets, concept, negative, method, seeds[index], train, test)
+
+    n_workers = min(len(pairs), sets.blas_threads())
+    # scikit-learn's configuration is local to a thread, so every worker enters it. The
+    # activations were checked by the caller and the classifiers' settings are constants,
+    # so scikit-learn's own checks are skipped: they cost about 0.2 s for 160 pairs.
+    config = {"assume_finite": True, "skip_parameter_validation": True}
+
+    def solve_chunk(indices: Sequence[int]) -> list[_Solution]:
+        with sklearn.config_context(**config):
+            return [solve(index) for index in indices]
+
+    chunks = [range(worker, len(pairs), n_workers) for worker in range(n_workers)]
+    solutions: list[_Solution | None] = [None] * len(pairs)
+    # Warning filters are global to the process, so they are set here, once, and not in
+    # each thread. Slow convergence on separable data is common and harmless for the
+    # direction, so it is not shown, and the iteration count is logged instead. On an
+    # ill-conditioned Hessian (such as all-zero features), scikit-learn's Newton solver
+    # warns and finishes with L-BFGS, which needs nothing from the user.
+    with warnings.catch_warnings(), sets.blas.limit(limits=1, user_api="blas"):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", LinAlgWarning)
+        if n_workers == 1:
+            results = [solve_chunk(chunks[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=n_workers) as pool:
+                results = list(pool.map(solve_chunk, chunks))
+    for chunk, chunk_solutions in zip(chunks, results, strict=True):
+        for index, solution in zip(chunk, chunk_solutions, strict=True):
+            solutions[index] = solution
+    return [solution for solution in solutions if solution is not None]
+
+
+def _fits_in_sample_dimension(
+    sets: _ImageSets, concept: str, negative: str, method: str, train: np.ndarray
+) -> bool:
+    width = sets.activations[concept].shape[1]
+    return (
+        method != "mean_difference"
+        and len(train) < width
+        and not sets.one_vector(concept, negative)
+    )
+
+
+def _solve_pair(
     sets: _ImageSets,
     concept: str,
     negative: str,
     method: str,
     seed: int,
-    holdout: float,
-    layer: str | None,
-) -> CAV:
+    train: np.ndarray,
+    test: np.ndarray,
+) -> _Solution:
     concept_acts = sets.activations[concept]
     negative_acts = sets.activations[negative]
-    n_concept, n_negative = len(concept_acts), len(negative_acts)
-    labels = np.concatenate([np.ones(n_concept, np.int64), np.zeros(n_negative, np.int64)])
-    train, test = _split(labels, holdout, seed)
-
-    width = concept_acts.shape[1]
+    labels = sets.labels(concept, negative)
+    test_labels = labels[test]
     if sets.one_vector(concept, negative):
-        weights, intercept, decisions = np.zeros(width), 0.0, np.zeros(len(test))
-    elif method == "mean_difference":
+        width = concept_acts.shape[1]
+        return _Solution(np.zeros(width), 0.0, np.zeros(len(test)), test_labels)
+    if method == "mean_difference":
         weights, intercept = _mean_difference(concept_acts, negative_acts, labels, train)
         decisions = _decisions(weights, concept_acts, negative_acts, test)
-    elif len(train) < width:
-        weights, intercept, decisions = _fit_dual(
-            sets, concept, negative, labels, train, test, method, seed
-        )
-    else:
-        stacked = np.concatenate([concept_acts, negative_acts]).astype(np.float64)
-        weights, intercept = _fit_classifier(stacked[train], labels[train], method, seed)
-        decisions = _decisions(weights, concept_acts, negative_acts, test)
-    direction, unit_intercept, accuracy = _finish(weights, intercept, decisions, labels[test])
-
-    degenerate = not np.isfinite(direction).all()
-    if degenerate:
-        warnings.warn(
-            f"every activation of {concept!r} and {negative!r} at layer {layer!r} is the "
-            "same vector, so no direction separates them; the CAV and its scores are NaN",
-            WeakCAVWarning,
-            stacklevel=4,
-        )
-    return CAV(
-        direction=direction,
-        accuracy=accuracy,
-        method=method,
-        concept=concept,
-        negative=negative,
-        layer=layer,
-        n_concept=n_concept,
-        n_negative=n_negative,
-        seed=seed,
-        intercept=unit_intercept,
-        degenerate=degenerate,
-    )
+        return _Solution(weights, intercept, decisions, test_labels)
+    if _fits_in_sample_dimension(sets, concept, negative, method, train):
+        return _fit_dual(sets, concept, negative, labels, train, test, method, seed)
+    stacked = np.concatenate([concept_acts, negative_acts]).astype(np.float64)
+    weights, intercept = _fit_classifier(stacked[train], labels[train], method, seed)
+    decisions = _decisions(weights, concept_acts, negative_acts, test)
+    return _Solution(weights, intercept, decisions, test_labels)
 
 
 def _split(labels: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -368,15 +461,9 @@ def _make_classifier(method: str, seed: int) -> LogisticRegression | SGDClassifi
 def _fit_classifier(
     features: np.ndarray, labels: np.ndarray, method: str, seed: int
 ) -> tuple[np.ndarray, float]:
+    """Fit the classifier. The caller sets the warning filters (see :func:`_solve_pairs`)."""
     classifier = _make_classifier(method, seed)
-    with warnings.catch_warnings():
-        # Slow convergence on separable data is common and harmless for the direction;
-        # it is logged instead of shown to the user.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        # On an ill-conditioned Hessian (such as all-zero features), scikit-learn's Newton
-        # solver warns and finishes with L-BFGS, which needs nothing from the user.
-        warnings.simplefilter("ignore", LinAlgWarning)
-        classifier.fit(features, labels)
+    classifier.fit(features, labels)
     if getattr(classifier, "n_iter_", None) is not None:
         logger.debug("%s classifier ran %s iterations", method, classifier.n_iter_)
     # classes_ is sorted, so positive coefficients favour label 1, the concept.
@@ -392,18 +479,17 @@ def _fit_dual(
     test: np.ndarray,
     method: str,
     seed: int,
-) -> tuple[np.ndarray, float, np.ndarray]:
+) -> _Solution:
     """Fit the classifier in the sample dimension, as the module docstring describes.
 
-    Returns the weights, the intercept and the decision values ``a @ weights`` of the
-    held-out images. The decision values come from the Gram matrix, not from ``a``.
+    The decision values ``a @ weights`` of the held-out images come from the Gram matrix,
+    not from ``a``.
     """
     pair_gram = sets.pair_gram(concept, negative)
-    with sets.blas.limit(limits=1, user_api="blas"):
-        features, to_coefficients = _gram_features(pair_gram[np.ix_(train, train)])
-        beta, intercept = _fit_classifier(features, labels[train], method, seed)
-        # The weights are w = A_train^T coefficients: one coefficient per training image.
-        train_coefficients = to_coefficients(beta)
+    features, to_coefficients = _gram_features(pair_gram[np.ix_(train, train)])
+    beta, intercept = _fit_classifier(features, labels[train], method, seed)
+    # The weights are w = A_train^T coefficients: one coefficient per training image.
+    train_coefficients = to_coefficients(beta)
     decisions = pair_gram[np.ix_(test, train)] @ train_coefficients
 
     coefficients = np.zeros(len(labels))
@@ -414,10 +500,12 @@ def _fit_dual(
         (coefficients[:n_concept], sets.activations[concept]),
         (coefficients[n_concept:], sets.activations[negative]),
     ):
-        # In the activations' own dtype, because a float64 vector makes numpy copy a float32
-        # (n, d) matrix to float64 first: about ten times the cost of the product itself.
+        # One product per pair, so that a pair's weights do not depend on which other
+        # pairs are fitted in the same call. It is taken in the activations' own dtype,
+        # because a float64 vector makes numpy copy a float32 (n, d) matrix to float64
+        # first: about ten times the cost of the product itself.
         weights += rows.astype(acts.dtype) @ acts
-    return weights, intercept, decisions
+    return _Solution(weights, intercept, decisions, labels[test])
 
 
 def _gram_features(
