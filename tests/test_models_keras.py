@@ -442,3 +442,31 @@ def test_fingerprint_tracks_weights() -> None:
     kernel, bias = model.get_layer("head").get_weights()
     model.get_layer("head").set_weights([kernel, bias + 1e-9])
     assert adapter.fingerprint() != before
+
+
+def test_activations_stop_at_deepest_layer(inputs: np.ndarray) -> None:
+    calls = []
+
+    def spy(tensor: object) -> object:
+        calls.append(1)
+        return tensor
+
+    model = keras.Sequential(
+        [
+            keras.Input((6,), dtype=F64),
+            keras.layers.Dense(8, activation="tanh", dtype=F64, name="features"),
+            keras.layers.Lambda(spy, dtype=F64, name="spy"),
+            keras.layers.Dense(1, activation="sigmoid", dtype=F64, name="head"),
+        ]
+    )
+    randomize(model, 0)
+    calls.clear()
+    adapter = cav.wrap(model)
+    acts = adapter.activations(inputs, "features", batch_size=7)["features"]
+    assert calls == []
+    expected = to_numpy(model.get_layer("features")(keras.ops.convert_to_tensor(inputs)))
+    assert np.allclose(acts, expected, rtol=0, atol=DENSE_ATOL)
+    adapter.predict(inputs, batch_size=7)
+    assert len(calls) == 1
+    adapter.gradients(inputs, "features", target=1, batch_size=7)
+    assert len(calls) == 2

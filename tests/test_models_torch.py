@@ -383,7 +383,7 @@ def test_outputs_pass_on_uncopied(inputs: np.ndarray) -> None:
     model[0].register_forward_hook(lambda _m, _i, output: produced.append(output.data_ptr()))
     model[1].register_forward_pre_hook(lambda _m, args: received.append(args[0].data_ptr()))
     adapter = cav.wrap(model)
-    adapter.activations(inputs, "0")
+    adapter.activations(inputs, ["0", "1"])
     assert received == produced
     produced.clear()
     received.clear()
@@ -664,3 +664,59 @@ def test_fingerprint_tracks_weights() -> None:
     twin = copy.deepcopy(model)
     twin.norm.running_mean.add_(1.0)
     assert cav.wrap(model).fingerprint() != cav.wrap(twin).fingerprint()
+
+
+# Passes without gradients stop after the deepest requested layer when that is exact.
+
+
+class CountCalls(nn.Module):
+    """Identity that counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x
+
+
+def test_activations_stop_at_deepest_layer(inputs: np.ndarray) -> None:
+    model = linear_head_model(2, None)
+    counter = CountCalls()
+    model.insert(2, counter)
+    adapter = cav.wrap(model)
+    acts = adapter.activations(inputs, ["1", "0"], batch_size=7)
+    assert counter.calls == 0
+    with torch.no_grad():
+        first = model[0](torch.as_tensor(inputs))
+        expected = {"0": first.numpy(), "1": model[1](first).numpy()}
+    for name, values in expected.items():
+        assert np.array_equal(acts[name], values), name
+    adapter.predict(inputs, batch_size=3)
+    assert counter.calls == 3
+    adapter.gradients(inputs, "0", target=1, batch_size=7)
+    assert counter.calls == 4
+
+
+def test_activations_run_whole_model(inputs: np.ndarray) -> None:
+    # The pass runs to the output when a module after the deepest layer could call a
+    # requested module again, or when the model has hooks or a forward of its own.
+    shared = nn.Tanh()
+    counter = CountCalls()
+    reused = nn.Sequential(nn.Linear(6, 8), shared, nn.Linear(8, 8), shared, counter).double()
+    with pytest.raises(InvalidArgumentError, match="more than once"):
+        cav.wrap(reused).activations(inputs, "1")
+    hooked = linear_head_model(2, None)
+    hooked.append(counter)
+    hooked.register_forward_hook(lambda _module, _inputs, output: output)
+    cav.wrap(hooked).activations(inputs, "0")
+    assert counter.calls == 1
+
+    class Residual(nn.Sequential):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + super().forward(x)
+
+    residual = Residual(nn.Linear(6, 6), nn.Tanh(), counter).double()
+    cav.wrap(residual).activations(inputs, "0")
+    assert counter.calls == 2

@@ -128,13 +128,14 @@ class BatchResult:
     gradients : dict of str to ndarray, shape (b, d), or None
         Gradients of the summed objective at each layer's output; None without an
         objective.
-    probabilities : ndarray, shape (b, n_classes)
-        Class probabilities of the batch.
+    probabilities : ndarray, shape (b, n_classes), or None
+        Class probabilities of the batch; None when a pass without an objective stopped
+        after the deepest requested layer.
     """
 
     activations: dict[str, np.ndarray]
     gradients: dict[str, np.ndarray] | None
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None
 
 
 def class_probabilities(head: Head, ops: TensorOps) -> Any:
@@ -600,8 +601,12 @@ class ModelAdapter(abc.ABC):
         A single-unit sigmoid model gives two columns, ``[1 - p, p]``; a model that
         returns logits gives their sigmoid or softmax (see :func:`class_probabilities`).
         """
-        results = self._passes(x, [], batch_size)
-        probabilities = np.concatenate([result.probabilities for result in results], axis=0)
+        batches = []
+        for result in self._passes(x, [], batch_size):
+            # A pass with no layers always runs to the model's output.
+            assert result.probabilities is not None
+            batches.append(result.probabilities)
+        probabilities = np.concatenate(batches, axis=0)
         check_probability_range(probabilities)
         return probabilities
 
@@ -669,7 +674,7 @@ class ModelAdapter(abc.ABC):
                 for name in names:
                     what = f"gradients of output={output!r} at layer {name!r}"
                     check_finite(result.gradients[name], what, start)
-            if self._n_classes is None:
+            if self._n_classes is None and result.probabilities is not None:
                 self._n_classes = int(result.probabilities.shape[1])
             yield result
 

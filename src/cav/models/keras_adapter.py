@@ -207,26 +207,32 @@ class KerasAdapter(ModelAdapter):
         x = keras.ops.convert_to_tensor(batch)
         tracker = _GradientTracker(self._backend, enabled=objective is not None)
         with tracker:
-            output, logits, captured = self._run(x, layers, tracker.watch)
-            head = self._head(output, logits)
+            output, logits, captured = self._run(x, layers, tracker.watch, objective is not None)
             gradients = None
-            if objective is not None:
-                values = objective(head, KERAS_OPS)
-                grads = tracker.gradients(values, captured, layers)
-                gradients = {
-                    name: self._layer_values(KERAS_OPS.to_numpy(grad), gradient=True)
-                    for name, grad in grads.items()
-                }
-            probabilities = KERAS_OPS.to_numpy(class_probabilities(head, KERAS_OPS))
+            probabilities = None
+            if output is not None:
+                head = self._head(output, logits)
+                if objective is not None:
+                    values = objective(head, KERAS_OPS)
+                    grads = tracker.gradients(values, captured, layers)
+                    gradients = {
+                        name: self._layer_values(KERAS_OPS.to_numpy(grad), gradient=True)
+                        for name, grad in grads.items()
+                    }
+                probabilities = KERAS_OPS.to_numpy(class_probabilities(head, KERAS_OPS))
         activations = {
             name: self._layer_values(KERAS_OPS.to_numpy(captured[name])) for name in layers
         }
         return BatchResult(activations, gradients, probabilities)
 
     def _run(
-        self, x: Any, layers: Sequence[str], watch: Callable[[Any], Any]
+        self, x: Any, layers: Sequence[str], watch: Callable[[Any], Any], to_output: bool
     ) -> tuple[Any, Any, dict[str, Any]]:
-        """Run the model on ``x``; return its output, its logits and the layer outputs."""
+        """Run the model on ``x``; return its output, its logits and the layer outputs.
+
+        Without ``to_output``, a Sequential model stops after the deepest requested layer
+        when :meth:`_last_needed_layer` allows it, and the output and logits are None.
+        """
         wanted = set(layers)
         captured: dict[str, Any] = {}
         logits: list[Any] = []
@@ -254,9 +260,13 @@ class KerasAdapter(ModelAdapter):
             return result
 
         if self._sequential:
+            stop = None if to_output else self._last_needed_layer(layers)
             output = x
-            for layer in self._model.layers:
+            for index, layer in enumerate(self._model.layers):
                 output = call(layer, [output], {})
+                if index == stop:
+                    output = None
+                    break
         else:
             output = self._run_functional(x, wanted, captured, watch, call)
 
@@ -267,6 +277,21 @@ class KerasAdapter(ModelAdapter):
                 "they have no activations"
             )
         return output, (logits[-1] if logits else None), captured
+
+    def _last_needed_layer(self, layers: Sequence[str]) -> int | None:
+        """Return the index in ``model.layers`` of the deepest requested layer of a pass.
+
+        A Sequential model calls each entry of ``model.layers`` once, in order. So when
+        every requested layer is one of those entries, and none is listed twice, the
+        layers after the deepest one cannot change the requested outputs. Returns None
+        otherwise, and for a pass with no layers (``predict``), which needs the output.
+        """
+        if not layers:
+            return None
+        names = [layer.name for layer in self._model.layers]
+        if any(names.count(name) != 1 for name in layers):
+            return None
+        return max(names.index(name) for name in layers)
 
     def _run_functional(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -282,6 +283,7 @@ class TorchAdapter(ModelAdapter):
         model = self._model
         modules = dict(model.named_modules())
         recorder = _Recorder(layers, track_grad=objective is not None, copy=copy)
+        stop = self._last_needed_child(layers, modules) if objective is None else None
         handles = []
         with inference_state(model):
             try:
@@ -293,16 +295,18 @@ class TorchAdapter(ModelAdapter):
                         handles.append(module.register_forward_hook(recorder.leaf_hook))
                 grad_mode = torch.enable_grad() if objective is not None else torch.no_grad()
                 with grad_mode:
-                    # NOTE: even without gradients, the pass runs to the model's output, which
-                    # checks that each layer runs once and finds the class count. Stopping
-                    # after the deepest requested layer would save the rest of the network.
-                    output = select_output(model(batch), self._output_key)
-                    recorder.check_layers_ran()
-                    head = recorder.head(output)
                     gradients = None
-                    if objective is not None:
-                        gradients = self._backward(objective(head, TORCH_OPS), recorder, layers)
-                    probabilities = tensor_to_numpy(class_probabilities(head, TORCH_OPS))
+                    probabilities = None
+                    if stop is not None:
+                        _run_children(model, batch, stop)
+                        recorder.check_layers_ran()
+                    else:
+                        output = select_output(model(batch), self._output_key)
+                        recorder.check_layers_ran()
+                        head = recorder.head(output)
+                        if objective is not None:
+                            gradients = self._backward(objective(head, TORCH_OPS), recorder, layers)
+                        probabilities = tensor_to_numpy(class_probabilities(head, TORCH_OPS))
             finally:
                 for handle in handles:
                     handle.remove()
@@ -310,6 +314,34 @@ class TorchAdapter(ModelAdapter):
             name: self._layer_values(tensor_to_numpy(recorder.captured[name])) for name in layers
         }
         return BatchResult(activations, gradients, probabilities), recorder
+
+    def _last_needed_child(
+        self, layers: Sequence[str], modules: Mapping[str, nn.Module]
+    ) -> int | None:
+        """Return the index of the last child a pass without gradients needs to run.
+
+        That is the deepest requested layer, when the model is a plain ``nn.Sequential``
+        (its own ``forward`` and no hooks of its own), every requested layer is one of its
+        children, and no requested module is registered twice in the model. Such a child runs
+        once per pass, after the children before it, so the children after the deepest
+        one cannot change the activations or call a requested module again. Returns None
+        otherwise, and for a pass with no layers (``predict``), which needs the output.
+        """
+        model = self._model
+        if not layers or type(model).forward is not nn.Sequential.forward:
+            return None
+        if model._forward_hooks or model._forward_pre_hooks:
+            return None
+        # _modules keeps every child, also a module that Sequential contains twice, so its
+        # positions are the order in which Sequential.forward calls them.
+        children = list(model._modules.items())
+        positions = {name: index for index, (name, _) in enumerate(children)}
+        if any(name not in positions for name in layers):
+            return None
+        uses = Counter(id(module) for _, module in model.named_modules(remove_duplicate=False))
+        if any(uses[id(modules[name])] > 1 for name in layers):
+            return None
+        return max(positions[name] for name in layers)
 
     def _backward(
         self, objective: torch.Tensor, recorder: _Recorder, layers: Sequence[str]
@@ -443,6 +475,16 @@ class _Recorder:
             )
         logger.debug("torch head: %s with %d units", kind, output.shape[1])
         return Head(kind, output, logits)
+
+
+def _run_children(model: nn.Sequential, batch: torch.Tensor, stop: int) -> None:
+    """Run the children of ``model`` on ``batch`` in order, up to child ``stop``."""
+    values: Any = batch
+    for index, child in enumerate(model._modules.values()):
+        assert child is not None
+        values = child(values)
+        if index == stop:
+            return
 
 
 def _version_of(tensor: torch.Tensor) -> int | None:
