@@ -95,7 +95,8 @@ def to_nchw(images: np.ndarray) -> np.ndarray:
 def setup_floor(workload: Workload, layers: Sequence[int], batch_size: int) -> Prepared:
     """Prepare the floor: one forward and backward pass, one forward pass, in plain torch.
 
-    The timed call runs two passes in batches of ``batch_size``:
+    The timed call runs two passes in batches of ``batch_size``, with glibc's malloc
+    thresholds raised as ``cav`` raises them:
 
     1. a forward and a backward pass of the logit over the target images, copying the
        gradient at each layer into one float32 (n, d) array per layer. The backward pass
@@ -105,6 +106,12 @@ def setup_floor(workload: Workload, layers: Sequence[int], batch_size: int) -> P
     """
     import torch
 
+    from cav.models.base import raise_malloc_thresholds
+
+    # cav's adapters raise glibc's malloc thresholds before their first pass. The floor
+    # gets them too, so that it measures the passes, not glibc unmapping the tensors of
+    # each batch and faulting them in again for the next.
+    raise_malloc_thresholds()
     _, torch_model = build_models(workload)
     logit_model = torch_model[:-1]
     for parameter in logit_model.parameters():
