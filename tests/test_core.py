@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.metrics import balanced_accuracy_score
+from threadpoolctl import threadpool_limits
 
 import cav
 from cav._checks import check_activations
+from cav.core import cav as cav_module
 from cav.core.cav import METHODS, _split, pair_seed_of
 
 WIDTH = 400
@@ -194,6 +197,47 @@ def test_fit_cavs_order_does_not_matter(rng):
     backward = cav.fit_cavs(sets, pairs[::-1], method="sgd", seed=2)
     assert np.array_equal(forward[0].direction, backward[1].direction)
     assert np.array_equal(forward[1].direction, backward[0].direction)
+
+
+def _many_pairs(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
+    """A planted concept, ten random sets, ten concept pairs and ten random pairs."""
+    concept, _, _ = _planted_sets(rng)
+    names = [f"random_{index:02d}" for index in range(10)]
+    sets = {"sea": concept, **{name: rng.normal(size=(N_PER_SET, WIDTH)) for name in names}}
+    pairs = [("sea", name) for name in names]
+    pairs += [(name, names[(index + 1) % 10]) for index, name in enumerate(names)]
+    return sets, pairs
+
+
+def test_fit_cavs_threads_match_one_thread(rng):
+    # With one BLAS thread the pairs are fitted one after another on the calling thread.
+    sets, pairs = _many_pairs(rng)
+    threaded = cav.fit_cavs(sets, pairs, method="sgd", seed=4)
+    with threadpool_limits(limits=1, user_api="blas"):
+        serial = cav.fit_cavs(sets, pairs, method="sgd", seed=4)
+    for fitted, alone in zip(threaded, serial, strict=True):
+        assert np.array_equal(fitted.direction, alone.direction)
+        assert fitted.accuracy == alone.accuracy
+
+
+def test_fit_cavs_error_stops_other_workers(rng, monkeypatch):
+    sets, pairs = _many_pairs(rng)
+    calls = []
+    solve_pair = cav_module._solve_pair
+
+    def failing(sets_, concept, negative, *args):
+        calls.append((concept, negative))
+        if (concept, negative) == pairs[0]:
+            raise RuntimeError("planted failure")
+        time.sleep(0.05)
+        return solve_pair(sets_, concept, negative, *args)
+
+    monkeypatch.setattr(cav_module, "_solve_pair", failing)
+    with pytest.raises(RuntimeError, match="planted failure"):
+        cav.fit_cavs(sets, pairs, method="sgd", seed=4)
+    # The first pair fails at once. The other worker finishes the pair it is on and
+    # stops, instead of fitting the rest of its 10 pairs.
+    assert len(calls) < 5
 
 
 def test_identical_activations_are_degenerate():

@@ -22,6 +22,7 @@ held-out images' decision values come from them too.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -368,9 +369,18 @@ def _solve_pairs(
     # so scikit-learn's own checks are skipped: they cost about 0.2 s for 160 pairs.
     config = {"assume_finite": True, "skip_parameter_validation": True}
 
+    # Set when the caller's thread stops waiting (an error or Ctrl-C), so that the other
+    # workers stop after their current pair instead of finishing their chunks.
+    stop = threading.Event()
+
     def solve_chunk(indices: Sequence[int]) -> list[_Solution]:
+        solved = []
         with sklearn.config_context(**config):
-            return [solve(index) for index in indices]
+            for index in indices:
+                if stop.is_set():
+                    break
+                solved.append(solve(index))
+        return solved
 
     chunks = [range(worker, len(pairs), n_workers) for worker in range(n_workers)]
     solutions: list[_Solution | None] = [None] * len(pairs)
@@ -386,7 +396,12 @@ def _solve_pairs(
             results = [solve_chunk(chunks[0])]
         else:
             with ThreadPoolExecutor(max_workers=n_workers) as pool:
-                results = list(pool.map(solve_chunk, chunks))
+                futures = [pool.submit(solve_chunk, chunk) for chunk in chunks]
+                try:
+                    results = [future.result() for future in futures]
+                except BaseException:
+                    stop.set()
+                    raise
     for chunk, chunk_solutions in zip(chunks, results, strict=True):
         for index, solution in zip(chunk, chunk_solutions, strict=True):
             solutions[index] = solution
