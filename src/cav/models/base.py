@@ -714,8 +714,8 @@ def raise_malloc_thresholds() -> None:
     allocates and frees tens of MiB of intermediate tensors per batch. With the thresholds
     that its own blocks set (8 and 16 MiB for a 32x32x32 float layer at 64 images), glibc
     unmapped and faulted that memory in again on every batch. On the 2-core benchmark
-    machine that cost 0.6 to 1 s in the first activation pass over 4,200 CIFAR images
-    (1.3 s with raised thresholds against 1.8 to 2.3 s).
+    machine the first activation pass over 4,200 CIFAR images took 1.8 to 2.3 s in a
+    fresh process, and 1.1 to 1.3 s with raised thresholds.
 
     Freeing one mapped block of 31 MiB raises the thresholds to 31 and 62 MiB, as any
     program that frees such a block does, and leaves glibc's adaptive rule on, which a
