@@ -152,6 +152,19 @@ def test_matches_hand_computation(study: dict) -> None:
     assert np.allclose(tcav_obj.sensitivity, sensitivity, rtol=1e-9, atol=1e-12)
 
 
+def test_sensitivity_streams_gradients(study: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    tcav_obj = run_notebook_steps(study, bottleneck=5, cav_seed=21)
+    whole = tcav_obj.sensitivity.copy()
+
+    def whole_array(*args: object, **kwargs: object) -> None:
+        raise AssertionError("calculate_sensitivity asked for every gradient at once")
+
+    monkeypatch.setattr(tcav_obj.adapter, "gradients", whole_array)
+    streamed = tcav_obj.calculate_sensitivity(study["x_train"], study["y_train"])
+    assert streamed.shape == (len(study["y_train"]),)
+    assert np.allclose(streamed, whole, rtol=1e-12, atol=0)
+
+
 def test_sign_matches_keras_loss(study: dict) -> None:
     """Positive sensitivity: moving toward the concept lowers Keras' own BCE loss.
 

@@ -225,15 +225,19 @@ class TCAV:
                 f"y_train must hold integer class labels, got dtype {labels.dtype}"
             )
         labels = labels.astype(np.int64)
-        gradients = self.adapter.gradients(
+        # Each batch of gradients is projected and dropped, so memory keeps one batch of
+        # gradients, not all of them (1.3 GB for 10,000 inputs at a 32x32x32 layer).
+        batches = self.adapter.iter_gradients(
             x_train,
             layer,
             target=0,
             output="loss",
             labels=labels,
             batch_size=batch_size,
-        )[layer]
-        self.sensitivity = scores.directional_derivatives(gradients, self.cav)
+        )
+        self.sensitivity = np.concatenate(
+            [scores.directional_derivatives(batch[layer], self.cav) for batch in batches]
+        )
         self.y_labels = labels
         self._score_classes(self.sensitivity, labels)
         return self.sensitivity
