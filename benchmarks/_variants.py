@@ -9,7 +9,9 @@ Every variant does the work of one TCAV experiment on a :class:`_workload.Worklo
 - the t-test of the TCAV paper (Kim et al., ICML 2018), concept scores against null scores,
   per layer.
 
-The floor does only the framework passes that any implementation needs.
+The floor does only the framework passes that any implementation needs, in plain PyTorch
+on the PyTorch CNN (``floor``) and layer by layer through the Keras CNN under Keras's
+torch backend (``floor-keras``).
 
 ``setup_*`` functions build what a variant needs outside the timed call (models, inputs in
 the right layout); ``run_*`` functions are the timed calls.
@@ -199,6 +201,94 @@ def _floor_activations(
     finally:
         for handle in handles:
             handle.remove()
+    return activations
+
+
+def setup_floor_keras(workload: Workload, layers: Sequence[int], batch_size: int) -> Prepared:
+    """Prepare the floor's two passes on the Keras CNN, under Keras's torch backend.
+
+    The passes of :func:`setup_floor`, run layer by layer through ``model.layers`` with
+    ``training=False`` on channels-last images, so that they pay what Keras on the torch
+    backend pays for its layers. The last layer is the sigmoid, so the output of the one
+    before it is the logit. The weights do not require gradients.
+    """
+    import keras
+    import torch
+
+    from cav.models.base import raise_malloc_thresholds
+
+    backend = keras.backend.backend()
+    if backend != "torch":
+        raise ValueError(
+            f"floor-keras runs under Keras's torch backend, not {backend!r}; "
+            "use --keras-backend torch"
+        )
+    raise_malloc_thresholds()
+    keras_model, _ = build_models(workload)
+    for variable in keras_model.weights:
+        variable.value.requires_grad_(False)
+    logit_layers = list(keras_model.layers[:-1])
+    targets = torch.from_numpy(np.ascontiguousarray(workload.targets))
+    image_sets = [workload.concept, *workload.random_sets]
+    others = torch.from_numpy(np.ascontiguousarray(np.concatenate(image_sets)))
+
+    def call() -> dict[str, Any]:
+        gradients = _keras_floor_gradients(logit_layers, targets, layers, batch_size)
+        activations = _keras_floor_activations(logit_layers, others, layers, batch_size)
+        return {
+            "gradient_bytes": sum(array.nbytes for array in gradients.values()),
+            "activation_bytes": sum(array.nbytes for array in activations.values()),
+        }
+
+    return Prepared(call, {"framework": "keras", "n_other_images": len(others)})
+
+
+def _keras_floor_gradients(
+    model_layers: Sequence[Any], images: Any, layers: Sequence[int], batch_size: int
+) -> dict[int, np.ndarray]:
+    import torch
+
+    shallowest = min(layers)
+    gradients: dict[int, np.ndarray] = {}
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        kept: dict[int, Any] = {}
+        with torch.enable_grad():
+            values = batch
+            for index, layer in enumerate(model_layers):
+                values = layer(values, training=False)
+                if index == shallowest:
+                    # The backward pass stops here, as the PyTorch floor's does.
+                    values = values.detach().requires_grad_(True)
+                if index in layers:
+                    kept[index] = values
+            grads = torch.autograd.grad(values.sum(), [kept[index] for index in layers])
+        for index, grad in zip(layers, grads, strict=True):
+            flat = grad.reshape(len(batch), -1).numpy()
+            if index not in gradients:
+                gradients[index] = np.empty((len(images), flat.shape[1]), np.float32)
+            gradients[index][start : start + len(batch)] = flat
+    return gradients
+
+
+def _keras_floor_activations(
+    model_layers: Sequence[Any], images: Any, layers: Sequence[int], batch_size: int
+) -> dict[int, np.ndarray]:
+    import torch
+
+    deepest = max(layers)
+    activations: dict[int, np.ndarray] = {}
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            values = batch
+            for index, layer in enumerate(model_layers[: deepest + 1]):
+                values = layer(values, training=False)
+                if index in layers:
+                    flat = values.reshape(len(batch), -1).numpy()
+                    if index not in activations:
+                        activations[index] = np.empty((len(images), flat.shape[1]), np.float32)
+                    activations[index][start : start + len(batch)] = flat
     return activations
 
 

@@ -79,6 +79,8 @@ def _run_timed(workload: Workload, args: argparse.Namespace) -> dict[str, Any]:
     variant = args.worker
     if variant == "floor":
         prepared = _variants.setup_floor(workload, args.layers, args.batch_size)
+    elif variant == "floor-keras":
+        prepared = _variants.setup_floor_keras(workload, args.layers, args.batch_size)
     elif variant == "captum":
         prepared = _variants.setup_captum(workload, args.layers, args.batch_size, args.seed)
     else:
@@ -102,7 +104,7 @@ def _run_timed(workload: Workload, args: argparse.Namespace) -> dict[str, Any]:
     }
     if phases:
         result["phases_s"] = phases
-    if variant == "floor":
+    if variant.startswith("floor"):
         result["details"].update(output)
     else:
         result["scores"] = output

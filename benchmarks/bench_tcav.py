@@ -15,6 +15,8 @@ Variants, each timed in a fresh subprocess after the images and models are loade
 - ``floor``: the framework passes any implementation needs, in plain PyTorch. They are
   one forward and backward pass over the targets with the gradients at the layers, and one
   forward pass over the concept and random images with their activations at the layers.
+- ``floor-keras``: the same passes through the Keras CNN's layers, under Keras's torch
+  backend (left out of the default variants under another backend).
 
 Suites: ``w1`` (medians, ratios, memory), ``check`` (same scores for identical CAVs),
 ``scaling`` (time against inputs, random runs, layers and batch size) and ``memory`` (peak memory of
@@ -53,7 +55,7 @@ from _workload import WorkloadSpec, prepare_workload, spec_as_dict  # noqa: E402
 
 logger = logging.getLogger("bench_tcav")
 
-VARIANTS = ("cav-torch", "cav-keras", "captum", "floor")
+VARIANTS = ("cav-torch", "cav-keras", "captum", "floor", "floor-keras")
 SUITES = ("w1", "check", "scaling", "memory")
 DEFAULT_DATA_DIR = BENCH_DIR.parents[1] / "shared" / "data"
 MIB = 1024 * 1024
@@ -179,6 +181,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if "all" in args.suite:
         args.suite = list(SUITES)
+    if args.keras_backend != "torch" and "floor-keras" in args.variants:
+        if args.variants != list(VARIANTS):
+            parser.error(
+                f"--variants floor-keras runs under Keras's torch backend, not "
+                f"--keras-backend {args.keras_backend}; drop it or use --keras-backend torch"
+            )
+        args.variants.remove("floor-keras")
     archive = Path(args.data_dir) / "cifar-10-jpg.tar.gz"
     if not args.worker and not args.synthetic and not archive.exists():
         parser.error(
@@ -410,6 +419,7 @@ def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
         ("captum", "cav-keras"),
         ("cav-torch", "floor"),
         ("cav-keras", "floor"),
+        ("cav-keras", "floor-keras"),
         ("captum", "floor"),
     ):
         top = summary.get(numerator, {})

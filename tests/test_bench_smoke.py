@@ -46,7 +46,7 @@ def test_smoke_has_no_failures(smoke_report: dict[str, Any]) -> None:
     assert smoke_report["failures"] == []
 
 
-@pytest.mark.parametrize("variant", ["cav-torch", "cav-keras", "floor"])
+@pytest.mark.parametrize("variant", ["cav-torch", "cav-keras", "floor", "floor-keras"])
 def test_smoke_times_each_variant(smoke_report: dict[str, Any], variant: str) -> None:
     summary = smoke_report["w1"]["summary"][variant]
     assert summary["runs"] == 1
