@@ -6,6 +6,12 @@ torch and the TensorFlow backend.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -442,6 +448,58 @@ def test_fingerprint_tracks_weights() -> None:
     kernel, bias = model.get_layer("head").get_weights()
     model.get_layer("head").set_weights([kernel, bias + 1e-9])
     assert adapter.fingerprint() != before
+
+
+def test_fingerprint_tracks_settings() -> None:
+    # Same weights, one setting changed: the features' activation, or the head's. The
+    # models share a name because it enters the weights' paths.
+    def named(features: str, head: str) -> keras.Sequential:
+        layers = [
+            keras.Input((6,), dtype=F64),
+            keras.layers.Dense(8, activation=features, dtype=F64, name="features"),
+            keras.layers.Dense(1, activation=head, dtype=F64, name="head"),
+        ]
+        return randomize(keras.Sequential(layers, name="net"), 0)
+
+    base = cav.wrap(named("tanh", "sigmoid")).fingerprint()
+    assert cav.wrap(named("tanh", "sigmoid")).fingerprint() == base
+    assert cav.wrap(named("relu", "sigmoid")).fingerprint() != base
+    assert cav.wrap(named("tanh", "tanh")).fingerprint() != base
+
+
+def test_fingerprint_tracks_lambda_code() -> None:
+    # A lambda has no name to describe, so its layer is described by get_config(), which
+    # stores the function's code.
+    def with_lambda(function: Callable[[object], object]) -> keras.Sequential:
+        layers = [
+            keras.Input((6,), dtype=F64),
+            keras.layers.Lambda(function, dtype=F64, name="scale"),
+            keras.layers.Dense(1, activation="sigmoid", dtype=F64, name="head"),
+        ]
+        return randomize(keras.Sequential(layers), 0)
+
+    double = cav.wrap(with_lambda(lambda t: t * 2.0)).fingerprint()
+    triple = cav.wrap(with_lambda(lambda t: t * 3.0)).fingerprint()
+    assert double != triple
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None or keras.backend.backend() == "tensorflow",
+    reason="needs TensorFlow installed and another Keras backend",
+)
+def test_fingerprint_leaves_tensorflow_unimported() -> None:
+    # get_config() would import TensorFlow, which took 1.5 s on the test machine.
+    script = (
+        "import sys, keras, cav\n"
+        "from cav.experiments.networks import build_keras_cnn\n"
+        "cav.wrap(build_keras_cnn((32, 32, 3))).fingerprint()\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    assert completed.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_activations_stop_at_deepest_layer(inputs: np.ndarray) -> None:
