@@ -468,8 +468,7 @@ def test_fingerprint_tracks_settings() -> None:
 
 
 def test_fingerprint_tracks_lambda_code() -> None:
-    # A lambda has no name to describe, so its layer is described by get_config(), which
-    # stores the function's code.
+    # A Lambda layer is described by get_config(), which stores the code of a lambda.
     def with_lambda(function: Callable[[object], object]) -> keras.Sequential:
         layers = [
             keras.Input((6,), dtype=F64),

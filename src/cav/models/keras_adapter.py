@@ -351,8 +351,8 @@ class KerasAdapter(ModelAdapter):
         another backend: 1.5 to 1.6 s on the first call of a process on the 2-core test
         machine. A Sequential model of Keras's own layers is described without it, by its
         input and, per layer, the public attributes of plain types (filters, strides,
-        activation function, rate, ...) and the dtype policy. Other models, and layers
-        that hold a lambda, use ``get_config()``.
+        activation function, rate, ...) and the dtype policy. Other models, and models
+        with a ``Lambda`` layer or a lambda setting, use ``get_config()``.
         """
         model = self._model
         if self._sequential:
@@ -376,11 +376,15 @@ def _describe_layer(layer: Any) -> str | None:
     """Describe a built-in Keras layer by its class, name, dtype policy and plain settings.
 
     Returns None for a layer whose settings this cannot see: a layer class from outside
-    Keras, a nested model, a setting that is a lambda or a local function, or an
-    activation that is an object.
+    Keras, a nested model, a ``Lambda`` layer, a setting that is a lambda or a local
+    function, or an activation that is an object.
     """
     layer_type = type(layer)
     if not layer_type.__module__.startswith("keras.") or isinstance(layer, keras.Model):
+        return None
+    if isinstance(layer, keras.layers.Lambda):
+        # Its function's name would not change when its code does. get_config() stores
+        # the code of a lambda.
         return None
     parts = [f"{layer_type.__module__}.{layer_type.__qualname__} {layer.name}"]
     parts.append(f"dtype_policy={layer.dtype_policy.name}")
