@@ -125,10 +125,7 @@ def setup_floor(workload: Workload, layers: Sequence[int], batch_size: int) -> P
     def call() -> dict[str, Any]:
         gradients = _floor_gradients(logit_model, targets, layers, batch_size)
         activations = _floor_activations(logit_model, others, layers, batch_size)
-        return {
-            "gradient_bytes": sum(array.nbytes for array in gradients.values()),
-            "activation_bytes": sum(array.nbytes for array in activations.values()),
-        }
+        return _floor_bytes(gradients, activations)
 
     return Prepared(call, {"framework": "torch", "n_other_images": len(others)})
 
@@ -161,10 +158,7 @@ def _floor_gradients(
                 outputs = [captured[index] for index in layers]
                 grads = torch.autograd.grad(logits[:, 0].sum(), outputs)
             for index, grad in zip(layers, grads, strict=True):
-                values = grad.reshape(len(batch), -1).numpy()
-                if index not in gradients:
-                    gradients[index] = np.empty((len(images), values.shape[1]), np.float32)
-                gradients[index][start : start + len(batch)] = values
+                _store_rows(gradients, index, start, len(images), grad.reshape(len(batch), -1))
     finally:
         for handle in handles:
             handle.remove()
@@ -194,10 +188,8 @@ def _floor_activations(
                 batch = images[start : start + batch_size]
                 truncated(batch)
                 for index in layers:
-                    values = captured[index].reshape(len(batch), -1).numpy()
-                    if index not in activations:
-                        activations[index] = np.empty((len(images), values.shape[1]), np.float32)
-                    activations[index][start : start + len(batch)] = values
+                    values = captured[index].reshape(len(batch), -1)
+                    _store_rows(activations, index, start, len(images), values)
     finally:
         for handle in handles:
             handle.remove()
@@ -235,10 +227,7 @@ def setup_floor_keras(workload: Workload, layers: Sequence[int], batch_size: int
     def call() -> dict[str, Any]:
         gradients = _keras_floor_gradients(logit_layers, targets, layers, batch_size)
         activations = _keras_floor_activations(logit_layers, others, layers, batch_size)
-        return {
-            "gradient_bytes": sum(array.nbytes for array in gradients.values()),
-            "activation_bytes": sum(array.nbytes for array in activations.values()),
-        }
+        return _floor_bytes(gradients, activations)
 
     return Prepared(call, {"framework": "keras", "n_other_images": len(others)})
 
@@ -264,10 +253,7 @@ def _keras_floor_gradients(
                     kept[index] = values
             grads = torch.autograd.grad(values.sum(), [kept[index] for index in layers])
         for index, grad in zip(layers, grads, strict=True):
-            flat = grad.reshape(len(batch), -1).numpy()
-            if index not in gradients:
-                gradients[index] = np.empty((len(images), flat.shape[1]), np.float32)
-            gradients[index][start : start + len(batch)] = flat
+            _store_rows(gradients, index, start, len(images), grad.reshape(len(batch), -1))
     return gradients
 
 
@@ -285,11 +271,32 @@ def _keras_floor_activations(
             for index, layer in enumerate(model_layers[: deepest + 1]):
                 values = layer(values, training=False)
                 if index in layers:
-                    flat = values.reshape(len(batch), -1).numpy()
-                    if index not in activations:
-                        activations[index] = np.empty((len(images), flat.shape[1]), np.float32)
-                    activations[index][start : start + len(batch)] = flat
+                    _store_rows(
+                        activations, index, start, len(images), values.reshape(len(batch), -1)
+                    )
     return activations
+
+
+def _store_rows(
+    store: dict[int, np.ndarray], index: int, start: int, total: int, values: Any
+) -> None:
+    """Copy a batch's (b, d) tensor into rows ``start:start + b`` of ``store[index]``.
+
+    The (total, d) float32 array is allocated on the layer's first batch.
+    """
+    rows = values.numpy()
+    if index not in store:
+        store[index] = np.empty((total, rows.shape[1]), np.float32)
+    store[index][start : start + len(rows)] = rows
+
+
+def _floor_bytes(
+    gradients: dict[int, np.ndarray], activations: dict[int, np.ndarray]
+) -> dict[str, Any]:
+    return {
+        "gradient_bytes": sum(array.nbytes for array in gradients.values()),
+        "activation_bytes": sum(array.nbytes for array in activations.values()),
+    }
 
 
 # cav -------------------------------------------------------------------------------------
