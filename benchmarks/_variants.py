@@ -241,7 +241,7 @@ def _keras_floor_gradients(
     gradients: dict[int, np.ndarray] = {}
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        kept: dict[int, Any] = {}
+        layer_outputs: dict[int, Any] = {}
         with torch.enable_grad():
             values = batch
             for index, layer in enumerate(model_layers):
@@ -250,8 +250,8 @@ def _keras_floor_gradients(
                     # The backward pass stops here, as the PyTorch floor's does.
                     values = values.detach().requires_grad_(True)
                 if index in layers:
-                    kept[index] = values
-            grads = torch.autograd.grad(values.sum(), [kept[index] for index in layers])
+                    layer_outputs[index] = values
+            grads = torch.autograd.grad(values.sum(), [layer_outputs[index] for index in layers])
         for index, grad in zip(layers, grads, strict=True):
             _store_rows(gradients, index, start, len(images), grad.reshape(len(batch), -1))
     return gradients

@@ -410,7 +410,7 @@ def _describe_layer(layer: Any) -> str | None:
 
 def _plain_text(value: Any) -> str | None:
     """Return the repr of a None, bool, int, float or str value, or of a tuple or list of
-    them; return None for any other value."""
+    them. Any other value gives None."""
     if value is None or isinstance(value, bool | int | float | str):
         return repr(value)
     if isinstance(value, tuple | list):
