@@ -18,7 +18,7 @@ from cav.errors import (  # noqa: E402
     NonFiniteError,
     OutputNotFoundError,
 )
-from cav.models.torch_adapter import TorchAdapter  # noqa: E402
+from cav.models.torch_adapter import TorchAdapter, _runs_channels_last  # noqa: E402
 
 EXACT = 1e-12  # float64 round-off bound for a handful of products
 
@@ -720,3 +720,71 @@ def test_activations_run_whole_model(inputs: np.ndarray) -> None:
     residual = Residual(nn.Linear(6, 6), nn.Tanh(), counter).double()
     cav.wrap(residual).activations(inputs, "0")
     assert counter.calls == 2
+
+
+# CPU image batches pass through plain Sequential CNNs in channels-last memory format.
+
+
+def small_cnn(seed: int = 0) -> nn.Sequential:
+    seeded(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Sequential(nn.Conv2d(4, 6, 3), nn.BatchNorm2d(6)),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 3 * 3, 2),
+    )
+
+
+def test_channels_last_pass_matches_nchw(rng: np.random.Generator) -> None:
+    model = small_cnn()
+    model[2][1].running_mean.normal_()
+    x = rng.normal(size=(6, 3, 8, 8)).astype(np.float32)
+    batch = torch.from_numpy(x)
+    assert _runs_channels_last(model, batch)
+    adapter = cav.wrap(model)
+    layers = ["1", "2", "3"]
+    acts = adapter.activations(x, layers, batch_size=4)
+    grads = adapter.gradients(x, layers, target=1, output="logit", batch_size=4)
+
+    # The same passes by hand, in NCHW format. With two raw-logit units, output="logit"
+    # differentiates the target class's logit.
+    model.eval()
+    with torch.enable_grad():
+        first = model[1](model[0](batch)).requires_grad_(True)
+        second = model[2](first)
+        third = model[3](second)
+        logits = model[5](model[4](third))
+        expected_grads = torch.autograd.grad(logits[:, 1].sum(), [first, second, third])
+    expected_acts = [first, second, third]
+    for name, act, grad in zip(layers, expected_acts, expected_grads, strict=True):
+        assert acts[name].flags.c_contiguous
+        np.testing.assert_allclose(acts[name], act.detach().reshape(6, -1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(grads[name], grad.reshape(6, -1), rtol=1e-5, atol=1e-6)
+    assert not model.training
+
+
+class FlattenByView(nn.Module):
+    """Flattens with view, which fails on a channels-last tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], -1)
+
+
+def test_channels_last_only_for_plain_cnns(rng: np.random.Generator) -> None:
+    batch = torch.from_numpy(rng.normal(size=(2, 3, 8, 8)).astype(np.float32))
+    custom = small_cnn()
+    custom[4] = FlattenByView()
+    assert not _runs_channels_last(custom, batch)
+    acts = cav.wrap(custom).activations(batch.numpy(), ["4", "5"])
+    assert acts["4"].shape == (2, 54)
+
+    hooked = small_cnn()
+    hooked[3].register_forward_hook(lambda _module, _inputs, output: output.view(2, -1))
+    assert not _runs_channels_last(hooked, batch)
+    cav.wrap(hooked).activations(batch.numpy(), "1")
+
+    assert not _runs_channels_last(small_cnn(), batch.reshape(2, 3, 64))
+    assert not _runs_channels_last(nn.Sequential(nn.Flatten(), nn.Linear(192, 2)), batch)
+    assert not _runs_channels_last(Split(), batch)

@@ -79,7 +79,7 @@ def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
     t = t.detach()
     if t.dtype != torch.float64:
         t = t.float()
-    return to_result_dtype(t.cpu().numpy())
+    return to_result_dtype(t.cpu().contiguous().numpy())
 
 
 def _check_input_tensor(x: torch.Tensor) -> None:
@@ -265,6 +265,8 @@ class TorchAdapter(ModelAdapter):
     ) -> BatchResult:
         device, dtype = self._device_and_dtype()
         batch = batch.to(device=device, dtype=dtype)
+        if _runs_channels_last(self._model, batch):
+            batch = batch.contiguous(memory_format=torch.channels_last)
         copy = objective is not None or self._copy_outputs
         result, recorder = self._forward_once(batch, layers, objective, copy)
         if not copy and recorder.changed_in_place():
@@ -475,6 +477,38 @@ class _Recorder:
             )
         logger.debug("torch head: %s with %d units", kind, output.shape[1])
         return Head(kind, output, logits)
+
+
+def _runs_channels_last(model: nn.Module, batch: torch.Tensor) -> bool:
+    """Return whether ``batch`` may be passed to ``model`` in channels-last memory format.
+
+    On the CPU, PyTorch's convolutions take channels-last (NHWC) tensors without converting
+    them, and convert NCHW tensors to and from their own layout at every layer. On the
+    benchmark CNN the channels-last activation pass took 0.52 s against 0.70 s, and the
+    gradient pass 0.28 s against 0.34 s, with the same activations.
+
+    The memory format changes no value that PyTorch's own modules compute, but code that
+    calls ``view`` on a channels-last tensor fails. So this holds only for a CPU batch of
+    images (4-D) and a plain ``nn.Sequential`` model, nested ones included. Its modules
+    must all come from ``torch.nn``, one must be a ``Conv2d``, and none may have hooks,
+    which could run code of their own.
+    """
+    if batch.ndim != 4 or batch.device.type != "cpu":
+        return False
+    if type(model) is not nn.Sequential:
+        return False
+    has_convolution = False
+    for module in model.modules():
+        if module._forward_hooks or module._forward_pre_hooks:
+            return False
+        if isinstance(module, nn.Sequential):
+            if type(module) is not nn.Sequential:
+                return False
+            continue
+        if not type(module).__module__.startswith("torch.nn."):
+            return False
+        has_convolution = has_convolution or isinstance(module, nn.Conv2d)
+    return has_convolution
 
 
 def _run_children(model: nn.Sequential, batch: torch.Tensor, stop: int) -> None:
