@@ -786,5 +786,6 @@ def test_channels_last_only_for_plain_cnns(rng: np.random.Generator) -> None:
     cav.wrap(hooked).activations(batch.numpy(), "1")
 
     assert not _runs_channels_last(small_cnn(), batch.reshape(2, 3, 64))
+    assert not _runs_channels_last(small_cnn().double(), batch.double())
     assert not _runs_channels_last(nn.Sequential(nn.Flatten(), nn.Linear(192, 2)), batch)
     assert not _runs_channels_last(Split(), batch)
